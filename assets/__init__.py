@@ -1,0 +1,1 @@
+"""Dagster assets: speed (streaming), batch (daily partitions) and serving groups."""

@@ -1,0 +1,241 @@
+"""The `lambda-arch` command line (CONTRACT section 6).
+
+Errors of any kind print one line on stderr and exit 2; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from lambda_arch.config import ConfigError, Settings, load_settings
+
+PROG = "lambda-arch"
+EXIT_USAGE = 2
+
+
+class CliError(click.ClickException):
+    """An error the user can act on: printed as one line, exit 2."""
+
+    exit_code = EXIT_USAGE
+
+
+def fail(message: str) -> NoReturn:
+    raise CliError(message)
+
+
+def not_built(layer: str) -> NoReturn:
+    fail(f"the {layer} is not built yet in this release")
+
+
+def settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        fail(str(error))
+
+
+class IsoTime(click.ParamType):
+    """An ISO-8601 time with offset (or Z), as an aware UTC datetime."""
+
+    name = "ISO-8601 time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO-8601 time such as 2026-03-01T12:00:00Z", param, ctx)
+        if parsed.tzinfo is None:
+            self.fail(f"{value!r} has no UTC offset: add Z or +HH:MM", param, ctx)
+        return parsed.astimezone(UTC)
+
+
+class CountryCode(click.ParamType):
+    name = "country code"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from lambda_arch.schema import COUNTRIES
+
+        if value not in COUNTRIES:
+            self.fail(f"{value!r} is not an upper-case ISO 3166-1 alpha-2 code", param, ctx)
+        return value
+
+
+RATE = click.FloatRange(min=0, min_open=True)
+SHARE = click.FloatRange(min=0.0, max=0.5)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="lambda-arch", prog_name=PROG)
+def cli() -> None:
+    """Fresh and correct play-event datasets: a Dagster-orchestrated lambda architecture."""
+
+
+@cli.command()
+@click.option("--no-traffic", is_flag=True, help="Do not produce live synthetic traffic.")
+@click.option("--rate", type=RATE, default=200.0, show_default=True, help="Live traffic, events/s.")
+@click.option(
+    "--speedup", type=RATE, default=60.0, show_default=True, help="Event clock / wall clock."
+)
+def up(no_traffic: bool, rate: float, speedup: float) -> None:
+    """Run the embedded stack until SIGINT or SIGTERM: broker, Dagster webserver and daemon, traffic."""
+    from lambda_arch.stack import run_stack
+
+    run_stack(settings(), traffic_rate=None if no_traffic else rate, speedup=speedup)
+
+
+@cli.command()
+@click.option(
+    "--events",
+    type=click.IntRange(min=0),
+    default=None,
+    help="How many events (0: until interrupted). Default 10,000, or the whole --from file.",
+)
+@click.option("--rate", type=RATE, default=None, help="Events/s, steady. Default: as fast as possible.")
+@click.option("--seed", type=int, default=None, help="Same seed (and --start): same events.")
+@click.option(
+    "--from",
+    "from_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Replay a CSV, JSON-lines or Parquet file of event fields, in file order.",
+)
+@click.option("--start", type=IsoTime(), default=None, help="Event clock start. Default: now.")
+@click.option("--speedup", type=RATE, default=1.0, show_default=True, help="Event clock speed.")
+@click.option("--duplicates", type=SHARE, default=0.0, show_default=True, help="Share re-sent.")
+@click.option("--late", type=SHARE, default=0.0, show_default=True, help="Share arriving late.")
+@click.option("--malformed", type=SHARE, default=0.0, show_default=True, help="Share malformed.")
+@click.option("--topic", default=None, help="Topic (default: LAMBDA_ARCH_TOPIC).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def produce(
+    events: int | None,
+    rate: float | None,
+    seed: int | None,
+    from_file: Path | None,
+    start: datetime | None,
+    speedup: float,
+    duplicates: float,
+    late: float,
+    malformed: float,
+    topic: str | None,
+    quiet: bool,
+) -> None:
+    """Produce synthetic play events, or replay a file, to the play-events topic."""
+    from lambda_arch.producer import ProduceRequest, run_produce
+
+    request = ProduceRequest(
+        events=events,
+        rate=rate,
+        seed=seed,
+        from_file=from_file,
+        start=start,
+        speedup=speedup,
+        duplicate_rate=duplicates,
+        late_rate=late,
+        malformed_rate=malformed,
+        topic=topic,
+        progress=not quiet,
+    )
+    summary = run_produce(settings(), request)
+    click.echo(summary.describe(), err=True)
+
+
+@cli.command()
+def run() -> None:
+    """One headless pass: speed catch-up, complete batch partitions, serving refresh."""
+    not_built("headless run (speed, batch and serving layers)")
+
+
+def _view_options(function: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--country", type=CountryCode(), default=None, help="ISO country code."),
+            click.option("--window", type=click.IntRange(min=1), default=60, show_default=True),
+            click.option("--as-of", "as_of", type=IsoTime(), default=None, help="ISO-8601 time."),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+@cli.command()
+@_view_options
+@click.option("--limit", type=click.IntRange(min=1, max=1000), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def trending(
+    country: str | None, window: int, as_of: datetime | None, limit: int, as_json: bool
+) -> None:
+    """Titles ranked by plays in [as-of - window, as-of)."""
+    not_built("serving layer")
+
+
+@cli.command()
+@_view_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def discovery(country: str | None, window: int, as_of: datetime | None, as_json: bool) -> None:
+    """Plays and share per discovery source in [as-of - window, as-of)."""
+    not_built("serving layer")
+
+
+@cli.command()
+@click.option("--member", type=click.IntRange(min=0), required=True, help="member_id")
+@click.option("--title", type=click.IntRange(min=0), default=None, help="title_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def sessions(member: int, title: int | None, as_json: bool) -> None:
+    """Stitched viewing sessions of a member."""
+    not_built("serving layer")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def status(as_json: bool) -> None:
+    """Offsets and lag, watermarks, latest materializations, checks."""
+    not_built("status view (speed and batch layers)")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+def serve(host: str, port: int) -> None:
+    """The HTTP API."""
+    not_built("HTTP API (serving layer)")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: one line on stderr and exit 2 on any error the user can act on."""
+    from lambda_arch.broker import ServiceError
+    from lambda_arch.java import JavaMissing
+
+    try:
+        result = cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except click.UsageError as error:
+        command = error.ctx.command_path if error.ctx else PROG
+        hint = f" (see '{command} --help')"
+        click.echo(f"{command}: {_one_line(error.format_message())}{hint}", err=True)
+        return EXIT_USAGE
+    except click.ClickException as error:
+        click.echo(f"{PROG}: {_one_line(error.format_message())}", err=True)
+        return EXIT_USAGE
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo(f"{PROG}: interrupted", err=True)
+        return 130
+    except (ConfigError, ServiceError, JavaMissing, OSError) as error:
+        click.echo(f"{PROG}: {_one_line(str(error))}", err=True)
+        return EXIT_USAGE
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

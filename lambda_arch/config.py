@@ -1,0 +1,199 @@
+"""Typed settings read from the environment (CONTRACT section 8), with errors that name the variable.
+
+Every value has a default that runs the embedded stack on one machine; scale-out is a matter of
+setting variables (a Kafka cluster, a Spark master or Connect URL, an S3 warehouse), never of code.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9._\-\[\]:]+:\d{1,5}$")
+_URL = re.compile(r"^https?://\S+$")
+
+# What each variable expects, in words, for error messages.
+EXPECTED: dict[str, str] = {
+    "LAMBDA_ARCH_HOME": "a folder path",
+    "KAFKA_BOOTSTRAP_SERVERS": "comma-separated host:port pairs, e.g. kafka1:9092,kafka2:9092",
+    "LAMBDA_ARCH_TOPIC": "a Kafka topic name of 1-249 characters from [A-Za-z0-9._-]",
+    "LAMBDA_ARCH_WAREHOUSE": "a folder path or an s3://, s3a:// URI",
+    "LAMBDA_ARCH_SPARK_MASTER": "a Spark master URL, e.g. local[*], local[4] or spark://host:7077",
+    "SPARK_REMOTE": "a Spark Connect URL, e.g. sc://host:15002",
+    "LAMBDA_ARCH_START_DATE": "a date in the form YYYY-MM-DD",
+    "LAMBDA_ARCH_ALLOWED_LATENESS_MIN": "a whole number of minutes >= 0",
+    "LAMBDA_ARCH_MAX_EVENTS_PER_BATCH": "a whole number >= 1",
+    "LAMBDA_ARCH_ALERT_WEBHOOK": "an http:// or https:// URL",
+    "LAMBDA_ARCH_BROKER_PORT": "a TCP port number from 1 to 65535",
+    "LAMBDA_ARCH_BROKER_STORAGE": "memory or an s3://BUCKET/ URI",
+    "LAMBDA_ARCH_DAGSTER_PORT": "a TCP port number from 1 to 65535",
+    "LAMBDA_ARCH_TOPIC_PARTITIONS": "a whole number from 1 to 1024",
+    "LAMBDA_ARCH_MAX_CONCURRENT_RUNS": "a whole number >= 1",
+    "LAMBDA_ARCH_MAX_SPARK_RUNS": "a whole number >= 1",
+}
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ConfigError(ValueError):
+    """A configuration variable has a value that does not fit; the message names it."""
+
+
+class Settings(BaseSettings):
+    """All configuration of lambda-arch, from environment variables (empty counts as unset)."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=True, env_ignore_empty=True, extra="ignore", frozen=True
+    )
+
+    home: Path = Field(Path(".lambda-arch"), validation_alias="LAMBDA_ARCH_HOME")
+    kafka_bootstrap_servers: str | None = Field(None, validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    topic: str = Field("play-events", validation_alias="LAMBDA_ARCH_TOPIC")
+    warehouse_setting: str | None = Field(None, validation_alias="LAMBDA_ARCH_WAREHOUSE")
+    spark_master: str = Field("local[*]", validation_alias="LAMBDA_ARCH_SPARK_MASTER")
+    spark_remote: str | None = Field(None, validation_alias="SPARK_REMOTE")
+    start_date: date = Field(date(2026, 1, 1), validation_alias="LAMBDA_ARCH_START_DATE")
+    allowed_lateness_min: int = Field(
+        10, ge=0, le=7 * 24 * 60, validation_alias="LAMBDA_ARCH_ALLOWED_LATENESS_MIN"
+    )
+    max_events_per_batch: int = Field(
+        500_000, ge=1, validation_alias="LAMBDA_ARCH_MAX_EVENTS_PER_BATCH"
+    )
+    alert_webhook: str | None = Field(None, validation_alias="LAMBDA_ARCH_ALERT_WEBHOOK")
+    # Additions to CONTRACT section 8 for the embedded stack (documented in the README).
+    broker_port: Port = Field(9092, validation_alias="LAMBDA_ARCH_BROKER_PORT")
+    broker_storage: str = Field("memory", validation_alias="LAMBDA_ARCH_BROKER_STORAGE")
+    dagster_port: Port = Field(3000, validation_alias="LAMBDA_ARCH_DAGSTER_PORT")
+    topic_partitions: int = Field(8, ge=1, le=1024, validation_alias="LAMBDA_ARCH_TOPIC_PARTITIONS")
+    max_concurrent_runs: int = Field(4, ge=1, validation_alias="LAMBDA_ARCH_MAX_CONCURRENT_RUNS")
+    max_spark_runs: int = Field(1, ge=1, validation_alias="LAMBDA_ARCH_MAX_SPARK_RUNS")
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        servers = [s.strip() for s in value.split(",")]
+        if not servers or not all(_HOST_PORT.match(s) for s in servers):
+            raise ValueError("not host:port pairs")
+        return ",".join(servers)
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        if not _TOPIC_NAME.match(value) or value in {".", ".."}:
+            raise ValueError("not a topic name")
+        return value
+
+    @field_validator("warehouse_setting")
+    @classmethod
+    def _check_warehouse(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "://" in value and not re.match(r"^s3a?://[^/\s]+(/\S*)?$", value):
+            raise ValueError("not a folder or S3 URI")
+        return value.rstrip("/") if "://" in value else value
+
+    @field_validator("spark_master")
+    @classmethod
+    def _check_master(cls, value: str) -> str:
+        if not re.match(r"^(local(\[(\*|\d+)(,\d+)?\])?|(spark|k8s|yarn|mesos)(://\S+)?)$", value):
+            raise ValueError("not a Spark master URL")
+        return value
+
+    @field_validator("spark_remote")
+    @classmethod
+    def _check_remote(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^sc://\S+$", value):
+            raise ValueError("not a Spark Connect URL")
+        return value
+
+    @field_validator("alert_webhook")
+    @classmethod
+    def _check_webhook(cls, value: str | None) -> str | None:
+        if value is not None and not _URL.match(value):
+            raise ValueError("not a URL")
+        return value
+
+    @field_validator("broker_storage")
+    @classmethod
+    def _check_storage(cls, value: str) -> str:
+        if value != "memory" and not re.match(r"^s3://[^/\s]+/?$", value):
+            raise ValueError("not memory or s3://BUCKET/")
+        return value
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    # Derived locations -------------------------------------------------------------------------
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True when no external Kafka is configured and `up` runs the embedded broker."""
+        return self.kafka_bootstrap_servers is None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The Kafka bootstrap servers to talk to: the external cluster or the embedded broker."""
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.broker_port}"
+
+    @cached_property
+    def warehouse(self) -> str:
+        """Lake root: a local folder (absolute) or an S3 URI."""
+        if self.warehouse_setting is None:
+            return str(self.home / "warehouse")
+        if "://" in self.warehouse_setting:
+            return self.warehouse_setting
+        return str(Path(self.warehouse_setting).expanduser().absolute())
+
+    @property
+    def warehouse_is_s3(self) -> bool:
+        return self.warehouse.startswith(("s3://", "s3a://"))
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        """PID files of the processes `lambda-arch up` owns."""
+        return self.home / "run"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.home / "checkpoints"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read the settings from the environment, raising ConfigError naming the bad variable."""
+        try:
+            return cls()
+        except ValidationError as error:
+            raise ConfigError(_describe(error)) from None
+
+
+def _describe(error: ValidationError) -> str:
+    first: dict[str, Any] = error.errors()[0]
+    variable = str(first["loc"][0]) if first.get("loc") else "configuration"
+    value = first.get("input")
+    shown = f"{value!r}" if isinstance(value, str) else "the value"
+    expected = EXPECTED.get(variable, first.get("msg", "a valid value"))
+    return f"{variable}={shown} is invalid: expected {expected}"
+
+
+def load_settings() -> Settings:
+    """The settings of this process (read once per call; cheap)."""
+    return Settings.from_env()

@@ -1,0 +1,60 @@
+"""Shared real parts for the suite: one Tansu broker and one SparkSession per test session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lambda_arch.broker import EmbeddedBroker, free_port
+from lambda_arch.config import Settings
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LAMBDA_ARCH_HOME shared by session-scoped parts (Spark metastore, broker log)."""
+    return tmp_path_factory.mktemp("lambda-arch-home")
+
+
+@pytest.fixture(scope="session")
+def broker(session_home: Path) -> Iterator[EmbeddedBroker]:
+    """A real Tansu broker on a free loopback port, for the whole session."""
+    embedded = EmbeddedBroker(free_port(), log_path=session_home / "logs" / "broker.log")
+    embedded.start()
+    yield embedded
+    embedded.stop()
+
+
+@pytest.fixture
+def topic() -> str:
+    """A topic name no other test uses."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def env_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh LAMBDA_ARCH_HOME for this test, with the lambda-arch variables cleared."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("LAMBDA_ARCH_") or name in ("KAFKA_BOOTSTRAP_SERVERS", "SPARK_REMOTE"):
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    monkeypatch.setenv("LAMBDA_ARCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def spark(session_home: Path):
+    """One local SparkSession for the whole suite (starting a JVM costs 7-8 s)."""
+    import os
+
+    os.environ.setdefault("LAMBDA_ARCH_SHUFFLE_PARTITIONS", "4")
+    from lambda_arch.spark import build_session
+
+    settings = Settings(LAMBDA_ARCH_HOME=str(session_home), LAMBDA_ARCH_SPARK_MASTER="local[2]")
+    session = build_session(settings, app_name="lambda-arch-tests")
+    yield session
+    session.stop()

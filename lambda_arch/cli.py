@@ -97,7 +97,9 @@ def up(no_traffic: bool, rate: float, speedup: float) -> None:
     default=None,
     help="How many events (0: until interrupted). Default 10,000, or the whole --from file.",
 )
-@click.option("--rate", type=RATE, default=None, help="Events/s, steady. Default: as fast as possible.")
+@click.option(
+    "--rate", type=RATE, default=None, help="Events/s, steady. Default: as fast as possible."
+)
 @click.option("--seed", type=int, default=None, help="Same seed (and --start): same events.")
 @click.option(
     "--from",
@@ -127,6 +129,7 @@ def produce(
     quiet: bool,
 ) -> None:
     """Produce synthetic play events, or replay a file, to the play-events topic."""
+    current = settings()
     from lambda_arch.producer import ProduceRequest, run_produce
 
     request = ProduceRequest(
@@ -142,7 +145,7 @@ def produce(
         topic=topic,
         progress=not quiet,
     )
-    summary = run_produce(settings(), request)
+    summary = run_produce(current, request)
     click.echo(summary.describe(), err=True)
 
 

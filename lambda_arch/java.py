@@ -53,7 +53,9 @@ def check_java() -> int:
     major = java_major_version(executable)
     if major is None or major not in SUPPORTED_JAVA:
         found = "an unreadable version" if major is None else f"Java {major}"
-        raise JavaMissing(f"Spark 4.3 needs Java 17 or 21 but {executable} is {found}: {INSTALL_HINT}")
+        raise JavaMissing(
+            f"Spark 4.3 needs Java 17 or 21 but {executable} is {found}: {INSTALL_HINT}"
+        )
     return major
 
 

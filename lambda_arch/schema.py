@@ -224,7 +224,9 @@ def parse_event_time(value: Any) -> datetime:
     year, month, day, hour, minute, second, fraction, offset = match.groups()
     micros = int((fraction[1:] + "000000")[:6]) if fraction else 0
     try:
-        local = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micros)
+        local = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micros
+        )
     except ValueError:
         raise _Invalid(invalid_value("event_time")) from None
     if offset in ("Z", "z"):

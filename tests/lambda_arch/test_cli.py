@@ -1,0 +1,136 @@
+"""The command line: every contract command exists; misuse is one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lambda_arch.broker import free_port
+from lambda_arch.cli import main
+
+CONTRACT_COMMANDS = ["up", "produce", "run", "trending", "discovery", "sessions", "status", "serve"]
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed console script in a real process, as a user runs it."""
+    script = Path(sys.executable).parent / "lambda-arch"
+    return subprocess.run(
+        [str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_help_lists_every_contract_command() -> None:
+    result = run_cli(["--help"])
+    assert result.returncode == 0
+    for command in CONTRACT_COMMANDS:
+        assert f"  {command}" in result.stdout
+
+
+@pytest.mark.parametrize("command", CONTRACT_COMMANDS)
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--help"]) == 0
+    assert "Usage: lambda-arch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["frobnicate"], ["No such command", "frobnicate"]),
+        (["produce", "--rate", "-5"], ["--rate", "-5"]),
+        (["produce", "--events", "many"], ["--events", "many"]),
+        (["produce", "--from", "/no/such/file.csv"], ["/no/such/file.csv"]),
+        (["produce", "--start", "yesterday"], ["--start", "ISO-8601"]),
+        (["produce", "--start", "2026-01-01T00:00:00"], ["no UTC offset"]),
+        (["produce", "--duplicates", "0.9"], ["--duplicates"]),
+        (["trending", "--country", "us"], ["ISO 3166-1"]),
+        (["trending", "--window", "0"], ["--window"]),
+        (["trending", "--limit", "x"], ["--limit"]),
+        (["discovery", "--as-of", "noon"], ["--as-of"]),
+        (["sessions"], ["--member"]),
+        (["sessions", "--member", "-1"], ["--member"]),
+        (["serve", "--port", "99999"], ["--port"]),
+        (["up", "--rate", "0"], ["--rate"]),
+    ],
+)
+def test_usage_errors_are_one_line(
+    args: list[str], needles: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("lambda-arch")
+    for needle in needles:
+        assert needle in lines[0]
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "layer"),
+    [
+        (["run"], "headless run"),
+        (["trending"], "serving layer"),
+        (["discovery", "--country", "BR"], "serving layer"),
+        (["sessions", "--member", "7"], "serving layer"),
+        (["status", "--json"], "status view"),
+        (["serve"], "HTTP API"),
+    ],
+)
+def test_commands_of_unbuilt_layers_say_so(
+    args: list[str], layer: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert layer in err and "not built yet" in err
+
+
+def test_console_script_usage_error_has_no_traceback() -> None:
+    assert_one_line_error(run_cli(["produce", "--rate", "fast"]), "--rate", "fast")
+
+
+def test_bad_configuration_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    result = run_cli(
+        ["produce", "--events", "1"],
+        env={"LAMBDA_ARCH_HOME": str(tmp_path), "LAMBDA_ARCH_MAX_EVENTS_PER_BATCH": "lots"},
+    )
+    assert_one_line_error(result, "LAMBDA_ARCH_MAX_EVENTS_PER_BATCH", "'lots'")
+
+
+def test_unreachable_broker_is_one_line(tmp_path: Path) -> None:
+    result = run_cli(
+        ["produce", "--events", "1", "--quiet"],
+        env={
+            "LAMBDA_ARCH_HOME": str(tmp_path),
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        },
+    )
+    assert_one_line_error(result, "no Kafka broker answered", "KAFKA_BOOTSTRAP_SERVERS")
+
+
+def test_replay_of_unknown_format_is_one_line(tmp_path: Path, broker) -> None:
+    source = tmp_path / "events.xml"
+    source.write_text("<events/>")
+    result = run_cli(
+        ["produce", "--from", str(source), "--quiet"],
+        env={"LAMBDA_ARCH_HOME": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers},
+    )
+    assert_one_line_error(result, "cannot tell the format", ".csv")

@@ -5,11 +5,21 @@ the JVM side (same rules, same reason strings); both are tested on one table of 
 
 Rules beyond the contract's table, chosen so that both twins can decide them identically:
 - a JSON `null` counts as absent: missing for a required field, default for an optional one;
-- an object with a repeated key is invalid JSON (which value was meant is ambiguous);
+- a payload over 1 MiB (Kafka's default message limit) is rejected before it is decoded;
+- a `str` payload is judged as its UTF-8 encoding (lone surrogates make it invalid UTF-8);
+- the document must be exactly one JSON value (I-JSON, RFC 7493): an object with a repeated key
+  (at any depth), a string with an escaped lone surrogate, NaN/Infinity or trailing content is
+  invalid JSON; so is anything past the JVM parser's limits: nesting deeper than 999 levels,
+  a number with more than 1000 digits (a lone leading `0` before a fraction or exponent is not
+  counted) and an object key longer than 50,000 UTF-16 code units;
+- integer fields take JSON integers in the signed 64-bit range; any other number (a fraction
+  such as `7.0`, an exponent, or a larger integer) is the wrong type, a negative id or
+  position is out of range;
 - ISO-8601 times follow the RFC 3339 profile: `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`
-  (`T`, `t` or a space between date and time); fractions past microseconds are truncated;
+  (`T`, `t` or a space between date and time, nothing after the offset, not even a newline);
+  fractions past microseconds are truncated;
 - event times must lie in [1970-01-01T00:00:00Z, 9999-12-31T00:00:00Z);
-- integers must fit in a signed 64-bit integer; `event_id` must not be empty.
+- `event_id` must not be empty.
 
 Reasons are a small fixed vocabulary (`<kind>: <field>`) so quarantine counts group well.
 """
@@ -18,6 +28,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -54,17 +66,28 @@ COUNTRIES: frozenset[str] = frozenset(
     """.split()
 )
 
+INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+# Kafka's default message size limit; larger payloads are rejected before decoding.
+MAX_PAYLOAD_BYTES = 1_048_576
+# The JVM parser's limits (Jackson's StreamReadConstraints defaults, as Spark's parse_json uses
+# them). The Spark twin wraps the document in one more level, so it allows 1000 - 1 levels.
+MAX_JSON_DEPTH = 999
+MAX_NUMBER_DIGITS = 1000
+MAX_KEY_UTF16_UNITS = 50_000
 # Event times are accepted in [MIN_EVENT_TIME_MS, MAX_EVENT_TIME_MS) as epoch milliseconds.
 MIN_EVENT_TIME_MS = 0
 MAX_EVENT_TIME_MS = 253_402_214_400_000  # 9999-12-31T00:00:00Z
 
 # The RFC 3339 profile of ISO-8601, with field ranges in the pattern so that only impossible
-# dates (30 February) are left for the calendar to reject. Written for both Python and Java regex.
+# dates (30 February) are left for the calendar to reject. Written for both Python and Java regex:
+# it ends in `(?![\s\S])` rather than `$`, which in both also matches before a final newline.
+# Fields sit at fixed positions (year 1-4, month 6-7, day 9-10, hour 12-13, minute 15-16,
+# second 18-19, optional fraction from 20, offset last), which the Spark twin relies on.
 ISO_TIME_PATTERN = (
     r"^((?!0000)[0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]"
     r"([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9])(\.[0-9]+)?"
-    r"([Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
+    r"([Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])(?![\s\S])"
 )
 _ISO_TIME = re.compile(ISO_TIME_PATTERN)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -74,6 +97,7 @@ REASON_INVALID_UTF8 = "invalid UTF-8"
 REASON_INVALID_JSON = "invalid JSON"
 REASON_NOT_OBJECT = "not a JSON object"
 REASON_EMPTY = "empty payload"
+REASON_TOO_LARGE = "payload too large"
 
 
 def missing(field: str) -> str:
@@ -145,6 +169,9 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for key, value in pairs:
         if key in result:
             raise _Invalid(REASON_INVALID_JSON)
+        # Cheap guard first: a key of n code points has at most 2n UTF-16 units.
+        if len(key) * 2 > MAX_KEY_UTF16_UNITS and _utf16_units(key) > MAX_KEY_UTF16_UNITS:
+            raise _Invalid(REASON_INVALID_JSON)
         result[key] = value
     return result
 
@@ -154,30 +181,117 @@ def _reject_constant(_: str) -> Any:
     raise _Invalid(REASON_INVALID_JSON)
 
 
+def _parse_int(literal: str) -> int:
+    # A sign is not a digit; checking the length first keeps int() clear of its 4300-digit limit.
+    if len(literal) > MAX_NUMBER_DIGITS and len(literal.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise _Invalid(REASON_INVALID_JSON)
+    return int(literal)
+
+
+def _parse_float(literal: str) -> float:
+    if len(literal) > MAX_NUMBER_DIGITS:
+        digits = sum(char.isdigit() for char in literal)
+        # JSON allows no leading zero except a lone `0` integer part, which Jackson does not count.
+        if literal.lstrip("-").startswith("0"):
+            digits -= 1
+        if digits > MAX_NUMBER_DIGITS:
+            raise _Invalid(REASON_INVALID_JSON)
+    return float(literal)
+
+
+def _utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicate_keys,
+    parse_constant=_reject_constant,
+    parse_int=_parse_int,
+    parse_float=_parse_float,
+)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Python's parser recurses once per nesting level; the headroom it has depends on the caller's
+# stack, so a deep document that fails is retried (one at a time) with the limit raised.
+_RECURSION_LOCK = threading.Lock()
+
+
+def _raw_decode(text: str) -> Any:
+    try:
+        return _DECODER.decode(text)
+    except ValueError:  # includes JSONDecodeError and UnicodeDecodeError
+        raise _Invalid(REASON_INVALID_JSON) from None
+
+
+def _decode_json(text: str) -> Any:
+    try:
+        document = _raw_decode(text)
+    except RecursionError:
+        with _RECURSION_LOCK:
+            limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(limit + MAX_JSON_DEPTH + 100)
+            try:
+                document = _raw_decode(text)
+            except RecursionError:
+                raise _Invalid(REASON_INVALID_JSON) from None
+            finally:
+                sys.setrecursionlimit(limit)
+    # Only documents that could break a rule are walked: ones with many brackets or with an
+    # escape in the surrogate range (a raw surrogate cannot come out of valid UTF-8).
+    suspicious = text.count("[") + text.count("{") > MAX_JSON_DEPTH or (
+        "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
+    )
+    if suspicious and not _within_limits(document):
+        raise _Invalid(REASON_INVALID_JSON)
+    return document
+
+
+def _within_limits(document: Any) -> bool:
+    """Whether a decoded document nests at most MAX_JSON_DEPTH levels and has no lone surrogate."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return False
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return False
+            if isinstance(value, dict):
+                stack.extend((key, depth) for key in value)
+                value = value.values()
+            stack.extend((item, depth + 1) for item in value)
+    return True
+
+
 def decode_payload(payload: bytes | str | None) -> dict[str, Any]:
     """Decode a raw value into a JSON object, raising _Invalid with the reason otherwise."""
     if payload is None or len(payload) == 0:
         raise _Invalid(REASON_EMPTY)
-    if isinstance(payload, bytes):
+    if isinstance(payload, str):
         try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
+            data = payload.encode("utf-8")
+        except UnicodeEncodeError:
             raise _Invalid(REASON_INVALID_UTF8) from None
     else:
-        text = payload
+        data = bytes(payload)
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise _Invalid(REASON_TOO_LARGE)
     try:
-        document = json.loads(
-            text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant
-        )
-    except (ValueError, RecursionError):
-        raise _Invalid(REASON_INVALID_JSON) from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Invalid(REASON_INVALID_UTF8) from None
+    document = _decode_json(text)
     if not isinstance(document, dict):
         raise _Invalid(REASON_NOT_OBJECT)
     return document
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A JSON integer in the signed 64-bit range (JSON true/false are bools, not integers)."""
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX
+    )
 
 
 def _string(document: dict[str, Any], field: str) -> str:
@@ -192,7 +306,7 @@ def _string(document: dict[str, Any], field: str) -> str:
 def _non_negative_int(value: Any, field: str) -> int:
     if not _is_int(value):
         raise _Invalid(wrong_type(field))
-    if value < 0 or value > INT64_MAX:
+    if value < 0:
         raise _Invalid(out_of_range(field))
     return int(value)
 

@@ -131,6 +131,9 @@ def test_replay_of_unknown_format_is_one_line(tmp_path: Path, broker) -> None:
     source.write_text("<events/>")
     result = run_cli(
         ["produce", "--from", str(source), "--quiet"],
-        env={"LAMBDA_ARCH_HOME": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers},
+        env={
+            "LAMBDA_ARCH_HOME": str(tmp_path),
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        },
     )
     assert_one_line_error(result, "cannot tell the format", ".csv")

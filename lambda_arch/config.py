@@ -34,6 +34,7 @@ EXPECTED: dict[str, str] = {
     "LAMBDA_ARCH_BROKER_PORT": "a TCP port number from 1 to 65535",
     "LAMBDA_ARCH_BROKER_STORAGE": "memory or an s3://BUCKET/ URI",
     "LAMBDA_ARCH_DAGSTER_PORT": "a TCP port number from 1 to 65535",
+    "LAMBDA_ARCH_SPARK_CONNECT_PORT": "a TCP port number from 1 to 65535",
     "LAMBDA_ARCH_TOPIC_PARTITIONS": "a whole number from 1 to 1024",
     "LAMBDA_ARCH_MAX_CONCURRENT_RUNS": "a whole number >= 1",
     "LAMBDA_ARCH_MAX_SPARK_RUNS": "a whole number >= 1",
@@ -71,6 +72,8 @@ class Settings(BaseSettings):
     broker_port: Port = Field(9092, validation_alias="LAMBDA_ARCH_BROKER_PORT")
     broker_storage: str = Field("memory", validation_alias="LAMBDA_ARCH_BROKER_STORAGE")
     dagster_port: Port = Field(3000, validation_alias="LAMBDA_ARCH_DAGSTER_PORT")
+    # The embedded Spark Connect server `up` starts when SPARK_REMOTE is not set.
+    spark_connect_port: Port = Field(15002, validation_alias="LAMBDA_ARCH_SPARK_CONNECT_PORT")
     topic_partitions: int = Field(8, ge=1, le=1024, validation_alias="LAMBDA_ARCH_TOPIC_PARTITIONS")
     max_concurrent_runs: int = Field(4, ge=1, validation_alias="LAMBDA_ARCH_MAX_CONCURRENT_RUNS")
     max_spark_runs: int = Field(1, ge=1, validation_alias="LAMBDA_ARCH_MAX_SPARK_RUNS")

@@ -1,0 +1,19 @@
+"""Jobs over the assets: what sensors, schedules and the CLI launch."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, define_asset_job, in_process_executor
+
+from assets.speed import SPARK_TAGS, SPEED_ASSETS
+
+SPEED_JOB_NAME = "speed_job"
+
+# In-process: the speed queries share one Spark session (one JVM, or one Connect client) instead
+# of one per step; they run one after another, each holding its checkpoint's lock.
+speed_job = define_asset_job(
+    SPEED_JOB_NAME,
+    selection=AssetSelection.assets(*SPEED_ASSETS),
+    executor_def=in_process_executor,
+    tags=SPARK_TAGS,
+    description="Catch every speed-layer query up with the topic (availableNow).",
+)

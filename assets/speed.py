@@ -1,0 +1,205 @@
+"""Speed layer assets (group `speed`): checkpointed Structured Streaming queries run availableNow.
+
+Each asset is a short story: open the run's Spark session, catch one query up with the topic
+(`lambda_arch.speed`), report what it did as metadata the Dagster UI can plot.
+"""
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    DataVersion,
+    MaterializeResult,
+    MetadataValue,
+    ObserveResult,
+    asset,
+    multi_asset,
+    observable_source_asset,
+)
+
+from lambda_arch import speed
+from lambda_arch.config import Settings
+from lambda_arch.kafka_offsets import KafkaOffsetsError, offset_bounds
+from lambda_arch.ranking import Window, markdown_table, top_titles
+from lambda_arch.streaming import StreamReport, lag
+from resources import KafkaResource, LambdaArchSettings, SparkResource
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+GROUP = "speed"
+TOPIC_ASSET = AssetKey("play_events_topic")
+RAW_ASSET = AssetKey("play_events_raw")
+QUARANTINE_ASSET = AssetKey("play_events_quarantine")
+# Runs of Spark assets carry this tag: dagster.yaml limits how many run at once.
+SPARK_TAGS = {"lambda_arch/spark": "speed"}
+KINDS = {"spark", "kafka"}
+TRENDING_TOP_WINDOW_MIN = 60
+
+
+@observable_source_asset(
+    key=TOPIC_ASSET,
+    group_name=GROUP,
+    description="The Kafka topic of play events; observed by the Kafka-lag sensor and on demand.",
+)
+def play_events_topic(kafka: KafkaResource) -> ObserveResult:
+    """End offsets per partition; the data version changes whenever records arrive."""
+    bootstrap, topic = kafka.resolved_bootstrap_servers(), kafka.resolved_topic()
+    earliest, end = offset_bounds(bootstrap, topic)
+    metadata: dict[str, int | str] = {
+        "topic": topic,
+        "end_offset_total": sum(end.values()),
+        "records_on_broker": sum(end[p] - earliest.get(p, 0) for p in end),
+        **{f"end_offset_p{p}": o for p, o in sorted(end.items())},
+    }
+    signature = "-".join(f"{p}:{o}" for p, o in sorted(end.items()))
+    return ObserveResult(data_version=DataVersion(signature), metadata=metadata)
+
+
+def run_metadata(settings: Settings, report: StreamReport) -> dict[str, object]:
+    """A report as metadata, plus the lag left per partition (plain numbers, so they plot)."""
+    metadata: dict[str, object] = dict(report.metadata())
+    try:
+        _, end = offset_bounds(settings.bootstrap_servers, settings.topic)
+    except KafkaOffsetsError:
+        return metadata
+    left = lag(end, report.offsets) if report.offsets else dict(end)
+    metadata["lag_left"] = sum(left.values())
+    metadata.update({f"lag_left_p{p}": n for p, n in sorted(left.items())})
+    metadata.update({f"offset_p{p}": o for p, o in sorted(report.offsets.items())})
+    if report.watermark is not None:
+        metadata["watermark_lag_s"] = round(
+            (datetime.now(UTC) - report.watermark).total_seconds(), 1
+        )
+    return metadata
+
+
+def _speed_asset(
+    name: str,
+    description: str,
+    run: Callable[..., StreamReport],
+    extra: Callable[..., dict[str, object]] | None = None,
+):
+    @asset(
+        name=name,
+        group_name=GROUP,
+        deps=[TOPIC_ASSET],
+        kinds=KINDS,
+        pool="spark",
+        op_tags=SPARK_TAGS,
+        description=description,
+    )
+    def _asset(
+        context: AssetExecutionContext, settings: LambdaArchSettings, spark: SparkResource
+    ) -> MaterializeResult:
+        config = settings.get()
+        session = spark.session()
+        report = run(session, config)
+        context.log.info(
+            f"{name}: {report.events_read} events in {report.micro_batches} micro-batches, "
+            f"{report.late_events} late, watermark {report.watermark}"
+        )
+        metadata = run_metadata(config, report)
+        if extra is not None:
+            metadata.update(extra(session, config, report))
+        return MaterializeResult(metadata=metadata)
+
+    return _asset
+
+
+def _trending_top10(
+    session: "SparkSession", config: Settings, report: StreamReport
+) -> dict[str, object]:
+    """The top 10 titles of the last hour of event time seen, up to and including the newest
+    minute (all countries): what is trending right now, before the watermark settles it."""
+    if report.max_event_time is None:
+        return {"top_10": MetadataValue.md("_no events yet_")}
+    window = Window.ending_at(report.max_event_time + timedelta(minutes=1), TRENDING_TOP_WINDOW_MIN)
+    counts = speed.read_trending_speed(session, speed.SpeedPaths.from_settings(config))
+    rows = top_titles(counts, window, limit=10)
+    title = f"Top 10, {window.start:%Y-%m-%d %H:%M} to {window.end:%H:%M} UTC\n\n"
+    return {"top_10": MetadataValue.md(title + markdown_table(rows, ["rank", "title_id", "plays"]))}
+
+
+trending_speed = _speed_asset(
+    speed.TRENDING,
+    "Plays per title, country and event-time minute, from Kafka in near real time.",
+    speed.run_trending_speed,
+    _trending_top10,
+)
+discovery_speed = _speed_asset(
+    speed.DISCOVERY,
+    "Plays per discovery source, country and event-time minute, from Kafka in near real time.",
+    speed.run_discovery_speed,
+)
+sessions_speed = _speed_asset(
+    speed.SESSIONS,
+    "Closed viewing sessions (30-minute gap) per member and title, stitched in streaming.",
+    speed.run_sessions_speed,
+)
+
+
+@multi_asset(
+    name=speed.LANDING,
+    specs=[
+        AssetSpec(
+            RAW_ASSET,
+            group_name=GROUP,
+            deps=[TOPIC_ASSET],
+            kinds={"spark", "hive", "parquet"},
+            description=(
+                "Every valid play event exactly once in the Hive table lambda_arch.play_events "
+                "(Parquet, partitioned by dt and hour of event time); late and repeated events "
+                "included, the batch layer deduplicates."
+            ),
+        ),
+        AssetSpec(
+            QUARANTINE_ASSET,
+            group_name=GROUP,
+            deps=[TOPIC_ASSET],
+            kinds={"spark", "hive", "parquet"},
+            description=(
+                "Malformed records with their raw payload, the reason, and topic, partition "
+                "and offset (lambda_arch.play_events_quarantine)."
+            ),
+        ),
+    ],
+    pool="spark",
+    op_tags=SPARK_TAGS,
+)
+def landing(context: AssetExecutionContext, settings: LambdaArchSettings, spark: SparkResource):
+    """Land new Kafka records in the lake: valid ones in play_events, the rest in quarantine."""
+    config = settings.get()
+    report = speed.run_landing(spark.session(), config)
+    metadata = run_metadata(config, report)
+    records = int(report.observed.get("landing.records", 0))
+    valid = int(report.observed.get("landing.valid", 0))
+    quarantined = int(report.observed.get("landing.quarantined", 0))
+    context.log.info(
+        f"landing: {records} records in {report.micro_batches} micro-batches, "
+        f"{valid} valid, {quarantined} quarantined"
+    )
+    ratio = round(quarantined / records, 6) if records else 0.0
+    yield MaterializeResult(
+        asset_key=RAW_ASSET,
+        metadata={**metadata, "records": records, "valid": valid, "quarantined": quarantined},
+    )
+    yield MaterializeResult(
+        asset_key=QUARANTINE_ASSET,
+        metadata={
+            **metadata,
+            "records": records,
+            "quarantined": quarantined,
+            "quarantine_ratio": ratio,
+        },
+    )
+
+
+# Landing first: the batch layer reads what it lands, and a run catches everything up in order.
+SPEED_ASSETS = [landing, trending_speed, discovery_speed, sessions_speed]
+# The checkpointed queries behind them (one checkpoint each), as the lag sensor watches them.
+SPEED_QUERY_NAMES = (speed.LANDING, speed.TRENDING, speed.DISCOVERY, speed.SESSIONS)

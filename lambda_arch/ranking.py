@@ -1,0 +1,92 @@
+"""Ranking per-minute play counts into the contract's answers (CONTRACT section 3), and markdown.
+
+Input is a counts DataFrame with `minute` and `plays` (the speed views, and later the batch and
+serving views): trending keys on `title_id`, discovery on `discovery_source`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pyspark.sql import functions as F
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+
+@dataclass(frozen=True)
+class Window:
+    """The half-open event-time window [start, end) of a query: end cut down to the minute."""
+
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def ending_at(cls, as_of: datetime, minutes: int) -> Window:
+        if minutes < 1:
+            raise ValueError("the window must be at least 1 minute")
+        end = as_of.astimezone(UTC).replace(second=0, microsecond=0)
+        return cls(end - timedelta(minutes=minutes), end)
+
+
+def _in_window(counts: DataFrame, window: Window, country: str | None) -> DataFrame:
+    # Aware datetimes become instants whatever the session time zone is.
+    selected = counts.where(
+        (F.col("minute") >= F.lit(window.start)) & (F.col("minute") < F.lit(window.end))
+    )
+    return selected if country is None else selected.where(F.col("country") == country)
+
+
+def top_titles(
+    counts: DataFrame, window: Window, *, country: str | None = None, limit: int = 10
+) -> list[dict[str, int]]:
+    """Titles by plays in the window, most first, ties by title_id ascending; the top `limit`."""
+    ranked = (
+        _in_window(counts, window, country)
+        .groupBy("title_id")
+        .agg(F.sum("plays").alias("plays"))
+        .where(F.col("plays") > 0)
+        .orderBy(F.col("plays").desc(), F.col("title_id").asc())
+        .limit(limit)
+        .collect()
+    )
+    return [
+        {"rank": rank, "title_id": int(row["title_id"]), "plays": int(row["plays"])}
+        for rank, row in enumerate(ranked, start=1)
+    ]
+
+
+def source_shares(
+    counts: DataFrame, window: Window, *, country: str | None = None
+) -> list[dict[str, Any]]:
+    """Plays per discovery source in the window with its share (4 decimals), most plays first,
+    ties by name."""
+    rows = (
+        _in_window(counts, window, country)
+        .groupBy("discovery_source")
+        .agg(F.sum("plays").alias("plays"))
+        .where(F.col("plays") > 0)
+        .collect()
+    )
+    total = sum(int(row["plays"]) for row in rows)
+    ordered = sorted(rows, key=lambda row: (-int(row["plays"]), row["discovery_source"]))
+    return [
+        {
+            "discovery_source": row["discovery_source"],
+            "plays": int(row["plays"]),
+            "share": round(int(row["plays"]) / total, 4),
+        }
+        for row in ordered
+    ]
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A markdown table (Dagster renders it in the asset's metadata); a line when empty."""
+    if not rows:
+        return "_no plays in the window_"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""The Kafka-lag sensor: run the speed layer when the topic has records its queries have not read."""
+
+from __future__ import annotations
+
+from dagster import (
+    AssetObservation,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+
+from assets.jobs import SPEED_JOB_NAME, speed_job
+from assets.speed import SPEED_QUERY_NAMES, TOPIC_ASSET
+from lambda_arch import speed
+from lambda_arch.broker import ServiceError, require_reachable
+from lambda_arch.kafka_offsets import KafkaOffsetsError
+from lambda_arch.lag import measure_lag
+from resources import LambdaArchSettings
+
+LAG_SENSOR_INTERVAL_S = 15
+
+
+def speed_run_in_flight(context: SensorEvaluationContext) -> bool:
+    """Whether a speed run is queued or running (its queries will read the new records too)."""
+    runs = context.instance.get_run_records(
+        filters=RunsFilter(job_name=SPEED_JOB_NAME, statuses=list(IN_PROGRESS_RUN_STATUSES)),
+        limit=1,
+    )
+    return bool(runs)
+
+
+@sensor(
+    job=speed_job,
+    minimum_interval_seconds=LAG_SENSOR_INTERVAL_S,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Compares the topic's end offsets with each speed query's checkpoint, records the lag "
+        "per partition on play_events_topic and requests a speed run when there is new data "
+        "and none is in flight."
+    ),
+)
+def kafka_lag_sensor(
+    context: SensorEvaluationContext, settings: LambdaArchSettings
+) -> SensorResult | SkipReason:
+    config = settings.get()
+    checkpoints = {name: speed.checkpoint_of(config, name) for name in SPEED_QUERY_NAMES}
+    try:
+        require_reachable(config.bootstrap_servers)  # fails fast instead of a client timeout
+        topic_lag = measure_lag(config.bootstrap_servers, config.topic, checkpoints)
+    except (KafkaOffsetsError, ServiceError) as error:
+        return SkipReason(f"cannot read offsets of {config.topic!r}: {error}")
+    observation = AssetObservation(asset_key=TOPIC_ASSET, metadata=topic_lag.metadata())
+    if not topic_lag.has_new_data:
+        return SensorResult(asset_events=[observation], skip_reason="no new records")
+    if speed_run_in_flight(context):
+        return SensorResult(
+            asset_events=[observation],
+            skip_reason=f"{topic_lag.max_lag} records waiting; a speed run is in flight",
+        )
+    return SensorResult(
+        asset_events=[observation],
+        run_requests=[RunRequest(run_key=f"lag-{topic_lag.signature}")],
+    )

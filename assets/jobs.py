@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
+from assets.batch import BATCH_ASSETS, DAILY
 from assets.speed import SPARK_TAGS, SPEED_ASSETS
 
 SPEED_JOB_NAME = "speed_job"
+BATCH_JOB_NAME = "batch_job"
 
 # In-process: the speed queries share one Spark session (one JVM, or one Connect client) instead
 # of one per step; they run one after another, each holding its checkpoint's lock.
@@ -16,4 +18,14 @@ speed_job = define_asset_job(
     executor_def=in_process_executor,
     tags=SPARK_TAGS,
     description="Catch every speed-layer query up with the topic (availableNow).",
+)
+
+# One partition, or a range of days (single-run backfill), in one process and Spark session.
+batch_job = define_asset_job(
+    BATCH_JOB_NAME,
+    selection=AssetSelection.assets(*BATCH_ASSETS),
+    partitions_def=DAILY,
+    executor_def=in_process_executor,
+    tags=SPARK_TAGS,
+    description="Recompute daily partitions of the batch views from the lake's history.",
 )

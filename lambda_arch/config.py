@@ -24,6 +24,7 @@ EXPECTED: dict[str, str] = {
     "LAMBDA_ARCH_HOME": "a folder path",
     "KAFKA_BOOTSTRAP_SERVERS": "comma-separated host:port pairs, e.g. kafka1:9092,kafka2:9092",
     "LAMBDA_ARCH_TOPIC": "a Kafka topic name of 1-249 characters from [A-Za-z0-9._-]",
+    "LAMBDA_ARCH_DATABASE": "a SQL identifier: a letter or _, then letters, digits or _",
     "LAMBDA_ARCH_WAREHOUSE": "a folder path or an s3://, s3a:// URI",
     "LAMBDA_ARCH_SPARK_MASTER": "a Spark master URL, e.g. local[*], local[4] or spark://host:7077",
     "SPARK_REMOTE": "a Spark Connect URL, e.g. sc://host:15002",
@@ -57,6 +58,12 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".lambda-arch"), validation_alias="LAMBDA_ARCH_HOME")
     kafka_bootstrap_servers: str | None = Field(None, validation_alias="KAFKA_BOOTSTRAP_SERVERS")
     topic: str = Field("play-events", validation_alias="LAMBDA_ARCH_TOPIC")
+    # Hive database of the lake's tables: another name lets teams or test runs share a metastore.
+    database: str = Field(
+        "lambda_arch",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        validation_alias="LAMBDA_ARCH_DATABASE",
+    )
     warehouse_setting: str | None = Field(None, validation_alias="LAMBDA_ARCH_WAREHOUSE")
     spark_master: str = Field("local[*]", validation_alias="LAMBDA_ARCH_SPARK_MASTER")
     spark_remote: str | None = Field(None, validation_alias="SPARK_REMOTE")

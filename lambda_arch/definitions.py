@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dagster import Definitions
 
-from assets.jobs import speed_job
+from assets.batch import BATCH_ASSETS
+from assets.jobs import batch_job, speed_job
 from assets.speed import SPEED_ASSETS, play_events_topic
 from resources import build_resources
+from sensors.batch import day_complete_sensor, nightly_batch_schedule, stale_partition_sensor
 from sensors.kafka_lag import kafka_lag_sensor
 
 defs = Definitions(
-    assets=[play_events_topic, *SPEED_ASSETS],
-    jobs=[speed_job],
-    sensors=[kafka_lag_sensor],
+    assets=[play_events_topic, *SPEED_ASSETS, *BATCH_ASSETS],
+    jobs=[speed_job, batch_job],
+    sensors=[kafka_lag_sensor, day_complete_sensor, stale_partition_sensor],
+    schedules=[nightly_batch_schedule],
     resources=build_resources(),
 )

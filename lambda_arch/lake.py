@@ -133,8 +133,8 @@ class Lake:
         object.__setattr__(self, "root", root)
 
     @classmethod
-    def from_settings(cls, settings: Settings, database: str = "lambda_arch") -> Lake:
-        return cls(settings.warehouse, database)
+    def from_settings(cls, settings: Settings, database: str | None = None) -> Lake:
+        return cls(settings.warehouse, database or settings.database)
 
     # Names and places ------------------------------------------------------------------------
 
@@ -184,6 +184,34 @@ class Lake:
 
     # Metadata without a scan -----------------------------------------------------------------
 
+    def data_files(self, table: str = EVENTS_TABLE, partition: str = "") -> list[pafs.FileInfo]:
+        """Data files of a table, or of one partition folder of it (e.g. "dt=2026-03-01/hour=0"),
+        skipping what readers skip (staging, manifests, checksums). A file listing, no scan."""
+        filesystem, path = self._table_path(table)
+        folder = f"{path}/{partition}".rstrip("/")
+        listing = filesystem.get_file_info(
+            pafs.FileSelector(folder, allow_not_found=True, recursive=True)
+        )
+        return [
+            info
+            for info in listing
+            if info.type == pafs.FileType.File
+            and not any(_is_hidden(part) for part in info.path[len(path) + 1 :].split("/"))
+        ]
+
+    def row_count(self, files: Iterable[pafs.FileInfo]) -> int:
+        """Rows in data files: from landed file names, else from Parquet footers."""
+        filesystem, _ = self.filesystem()
+        total = 0
+        for info in files:
+            landed = _LANDED.match(info.base_name)
+            total += (
+                int(landed["rows"])
+                if landed
+                else pq.read_metadata(info.path, filesystem=filesystem).num_rows
+            )
+        return total
+
     def partition_dates(
         self, spark: SparkSession | None = None, table: str = EVENTS_TABLE
     ) -> list[PartitionStats]:
@@ -192,32 +220,19 @@ class Lake:
         From a file listing (row counts from the file names, or from Parquet footers for files
         not landed by write_landing_batch), so it costs no Spark job; `spark` is not needed.
         """
-        filesystem, path = self._table_path(table)
-        listing = filesystem.get_file_info(
-            pafs.FileSelector(path, allow_not_found=True, recursive=True)
-        )
+        _, path = self._table_path(table)
         grouped: dict[str, list[pafs.FileInfo]] = defaultdict(list)
-        for info in listing:
-            if info.type != pafs.FileType.File:
-                continue
-            parts = info.path[len(path) + 1 :].split("/")
-            if any(_is_hidden(part) for part in parts) or not parts[0].startswith("dt="):
-                continue
-            grouped[parts[0].removeprefix("dt=")].append(info)
+        for info in self.data_files(table):
+            first = info.path[len(path) + 1 :].split("/")[0]
+            if first.startswith("dt="):
+                grouped[first.removeprefix("dt=")].append(info)
         stats = []
         for dt, files in sorted(grouped.items()):
-            rows, batches = 0, []
-            for info in files:
-                landed = _LANDED.match(info.base_name)
-                if landed:
-                    rows += int(landed["rows"])
-                    batches.append(int(landed["batch"]))
-                else:
-                    rows += pq.read_metadata(info.path, filesystem=filesystem).num_rows
+            batches = [int(m["batch"]) for info in files if (m := _LANDED.match(info.base_name))]
             stats.append(
                 PartitionStats(
                     dt=dt,
-                    rows=rows,
+                    rows=self.row_count(files),
                     files=len(files),
                     bytes=sum(info.size or 0 for info in files),
                     last_batch=max(batches) if batches else None,

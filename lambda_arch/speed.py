@@ -317,15 +317,14 @@ def run_landing(
         F.count_if(reason.isNull()).alias("valid"),
         F.count(reason).alias("quarantined"),
     )
-    writer = parsed.writeStream.foreachBatch(partial(lake_module.write_landing_batch, lake=lake))
-    return run_available_now(
-        LANDING,
-        writer,
-        checkpoint,
-        lock_dir=lock_dir_of(settings),
-        timeout_s=timeout_s,
-        lock_timeout_s=lock_timeout_s,
+    # A watermark without a stateful operator drops nothing; it makes Spark report the latest
+    # event time landed, from which the batch layer knows which days are complete.
+    lateness = f"{settings.allowed_lateness_min} minutes"
+    writer = parsed.withWatermark("event_time", lateness).writeStream.foreachBatch(
+        partial(lake_module.write_landing_batch, lake=lake)
     )
+    paths = SpeedPaths.from_settings(settings)
+    return _run(spark, settings, paths, LANDING, writer, checkpoint, timeout_s, lock_timeout_s)
 
 
 def _check_fresh_lake(checkpoint: str, lake: Lake) -> None:

@@ -13,12 +13,10 @@ from dagster import (
     DagsterInstance,
     SensorResult,
     build_sensor_context,
-    instance_for_test,
     materialize,
 )
 
 from assets.speed import SPEED_ASSETS, play_events_topic, trending_speed
-from lambda_arch.broker import EmbeddedBroker
 from lambda_arch.config import Settings
 from lambda_arch.generator import TrafficConfig, generate
 from lambda_arch.producer import ProduceRequest, run_produce
@@ -29,23 +27,6 @@ from sensors.kafka_lag import kafka_lag_sensor
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 EVENTS = 3_000
 DUPLICATES = 0.05  # exact re-sends: counted once
-
-
-@pytest.fixture
-def speed_env(
-    env_home: Path, broker: EmbeddedBroker, topic: str, monkeypatch: pytest.MonkeyPatch
-) -> Settings:
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers)
-    monkeypatch.setenv("LAMBDA_ARCH_TOPIC", topic)
-    monkeypatch.setenv("LAMBDA_ARCH_TOPIC_PARTITIONS", "3")
-    monkeypatch.setenv("LAMBDA_ARCH_MAX_EVENTS_PER_BATCH", "1000")
-    return Settings.from_env()
-
-
-@pytest.fixture
-def instance() -> DagsterInstance:
-    with instance_for_test() as test_instance:
-        yield test_instance
 
 
 def produce(settings: Settings, events: int, seed: int) -> None:

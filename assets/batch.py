@@ -1,0 +1,107 @@
+"""Batch layer assets (group `batch`): daily partitions (UTC) recomputed from the lake's history.
+
+Each asset is a short story: for every day of the run's partition range, recompute the day
+from the raw history with `lambda_arch.batch` (the same view functions as the speed layer),
+overwrite exactly that day's partition, report rows per day. A range of days (a backfill) runs
+in one Spark run (`BackfillPolicy.single_run()`).
+"""
+
+from datetime import date
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    BackfillPolicy,
+    DailyPartitionsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from assets.speed import RAW_ASSET, SPARK_TAGS
+from lambda_arch import batch
+from lambda_arch.config import load_settings
+from lambda_arch.lake import Lake
+from lambda_arch.ranking import markdown_table
+from resources import LambdaArchSettings, SparkResource
+
+GROUP = "batch"
+KINDS = {"spark", "hive", "parquet"}
+# Partitions from LAMBDA_ARCH_START_DATE, read when the code location loads; a day becomes
+# a partition once it has begun (end_offset 1), the day-complete sensor decides when to run it.
+DAILY = DailyPartitionsDefinition(
+    start_date=load_settings().start_date.isoformat(), timezone="UTC", end_offset=1
+)
+SINGLE_RUN = BackfillPolicy.single_run()
+
+
+def partition_days(context: AssetExecutionContext) -> list[date]:
+    """The days of this run: one partition, or the whole range of a single-run backfill."""
+    return [batch.parse_day(key) for key in context.partition_keys]
+
+
+def day_metadata(results: list[batch.DayResult]) -> dict[str, object]:
+    """Rows per day as plain numbers (they plot) and as a markdown table."""
+    rows = [{"day": r.day, "rows": r.rows, "seconds": round(r.duration_s, 2)} for r in results]
+    metadata: dict[str, object] = {
+        "days": len(results),
+        "rows": sum(r.rows for r in results),
+        "duration_s": round(sum(r.duration_s for r in results), 3),
+        "first_day": results[0].day if results else "",
+        "last_day": results[-1].day if results else "",
+        "rows_by_day": MetadataValue.md(markdown_table(rows, ["day", "rows", "seconds"])),
+    }
+    if results:
+        metadata["raw_rows_of_day"] = results[-1].signature["day_rows"]
+    return metadata
+
+
+def _batch_asset(table: str, deps: list[AssetKey], description: str):
+    @asset(
+        name=table,
+        group_name=GROUP,
+        deps=deps,
+        kinds=KINDS,
+        partitions_def=DAILY,
+        backfill_policy=SINGLE_RUN,
+        pool="spark",
+        op_tags=SPARK_TAGS,
+        description=description,
+    )
+    def _asset(
+        context: AssetExecutionContext, settings: LambdaArchSettings, spark: SparkResource
+    ) -> MaterializeResult:
+        days = partition_days(context)
+        lake = Lake.from_settings(settings.get())
+        results = batch.compute_days(spark.session(), lake, days, [table])
+        context.log.info(
+            f"{table}: {len(days)} day(s) {days[0]}..{days[-1]}, "
+            f"{sum(r.rows for r in results)} rows"
+        )
+        return MaterializeResult(metadata=day_metadata(results))
+
+    return _asset
+
+
+play_events_clean = _batch_asset(
+    batch.CLEAN_TABLE,
+    [RAW_ASSET],
+    "The day's valid play events, one row per event_id (lambda_arch.play_events_clean).",
+)
+trending_batch = _batch_asset(
+    batch.TRENDING_TABLE,
+    [AssetKey(batch.CLEAN_TABLE)],
+    "Plays per title, country and event-time minute of the day, recomputed from the lake.",
+)
+discovery_batch = _batch_asset(
+    batch.DISCOVERY_TABLE,
+    [AssetKey(batch.CLEAN_TABLE)],
+    "Plays per discovery source, country and event-time minute of the day, from the lake.",
+)
+sessions_batch = _batch_asset(
+    batch.SESSIONS_TABLE,
+    [AssetKey(batch.CLEAN_TABLE), RAW_ASSET],
+    "Viewing sessions (30-minute gap) that end on the day; they may begin the day before.",
+)
+
+BATCH_ASSETS = [play_events_clean, trending_batch, discovery_batch, sessions_batch]

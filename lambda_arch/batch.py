@@ -38,7 +38,6 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lambda_arch.lake import EVENTS_SCHEMA, EVENTS_TABLE, Lake, read_play_events
-from lambda_arch.spark import spark_uri
 from lambda_arch.spark_schema import SPARK_EVENT_COLUMNS
 from lambda_arch.transforms import (
     DISCOVERY_COLUMNS,
@@ -130,18 +129,12 @@ def complete_days(start: date, landing_watermark: datetime | None) -> list[date]
 # Tables ------------------------------------------------------------------------------------------
 
 
-def _ddl(table: str) -> str:
-    return ", ".join(f"`{name}` {_VIEW_TYPES[name]}" for name in TABLE_COLUMNS[table])
-
-
 def ensure_batch_tables(spark: SparkSession, lake: Lake) -> None:
     """Create the lake's tables and the four batch tables when missing (SQL: works on Connect)."""
     lake.ensure_tables(spark)
     for table in BATCH_VIEWS:
-        spark.sql(
-            f"CREATE TABLE IF NOT EXISTS {lake.table(table)} ({_ddl(table)}, `dt` string) "
-            f"USING parquet PARTITIONED BY (`dt`) LOCATION '{spark_uri(lake.location(table))}'"
-        )
+        columns = [(name, _VIEW_TYPES[name]) for name in TABLE_COLUMNS[table]]
+        lake.create_table(spark, table, [*columns, ("dt", "string")], [("dt", "string")])
 
 
 def read_batch_view(

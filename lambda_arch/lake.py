@@ -175,12 +175,29 @@ class Lake:
             (EVENTS_TABLE, EVENTS_SCHEMA, EVENTS_PARTITIONING),
             (QUARANTINE_TABLE, QUARANTINE_SCHEMA, QUARANTINE_PARTITIONING),
         ):
-            spark.sql(
-                f"CREATE TABLE IF NOT EXISTS {self.table(table)} "
-                f"({_ddl_columns((*schema, *partitioning))}) USING parquet "
-                f"PARTITIONED BY ({', '.join(f'`{name}`' for name, _ in partitioning)}) "
-                f"LOCATION '{spark_uri(self.location(table))}'"
-            )
+            self.create_table(spark, table, (*schema, *partitioning), partitioning)
+
+    def create_table(
+        self,
+        spark: SparkSession,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        partitioning: Sequence[tuple[str, str]],
+    ) -> None:
+        """Create a partitioned Parquet table at its place in the lake unless it exists.
+
+        A table created over files already there (a new or lost metastore, another
+        LAMBDA_ARCH_HOME over the same warehouse) gets its partitions registered from them.
+        """
+        if spark.catalog.tableExists(f"{self.database}.{table}"):
+            return
+        spark.sql(
+            f"CREATE TABLE IF NOT EXISTS {self.table(table)} ({_ddl_columns(columns)}) "
+            f"USING parquet PARTITIONED BY ({', '.join(f'`{n}`' for n, _ in partitioning)}) "
+            f"LOCATION '{spark_uri(self.location(table))}'"
+        )
+        if self.data_files(table):
+            spark.sql(f"ALTER TABLE {self.table(table)} RECOVER PARTITIONS")
 
     # Metadata without a scan -----------------------------------------------------------------
 

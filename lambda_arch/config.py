@@ -24,6 +24,7 @@ EXPECTED: dict[str, str] = {
     "LAMBDA_ARCH_HOME": "a folder path",
     "KAFKA_BOOTSTRAP_SERVERS": "comma-separated host:port pairs, e.g. kafka1:9092,kafka2:9092",
     "LAMBDA_ARCH_TOPIC": "a Kafka topic name of 1-249 characters from [A-Za-z0-9._-]",
+    "LAMBDA_ARCH_FAIL_ON_DATA_LOSS": "true or false",
     "LAMBDA_ARCH_DATABASE": "a SQL identifier: a letter or _, then letters, digits or _",
     "LAMBDA_ARCH_WAREHOUSE": "a folder path or an s3://, s3a:// URI",
     "LAMBDA_ARCH_SPARK_MASTER": "a Spark master URL, e.g. local[*], local[4] or spark://host:7077",
@@ -75,6 +76,9 @@ class Settings(BaseSettings):
         500_000, ge=1, validation_alias="LAMBDA_ARCH_MAX_EVENTS_PER_BATCH"
     )
     alert_webhook: str | None = Field(None, validation_alias="LAMBDA_ARCH_ALERT_WEBHOOK")
+    # A checkpoint behind the broker's earliest offset (retention, a restarted memory broker)
+    # fails the speed runs; false makes them go on from the earliest offset and report the gap.
+    fail_on_data_loss: bool = Field(True, validation_alias="LAMBDA_ARCH_FAIL_ON_DATA_LOSS")
     # Additions to CONTRACT section 8 for the embedded stack (documented in the README).
     broker_port: Port = Field(9092, validation_alias="LAMBDA_ARCH_BROKER_PORT")
     broker_storage: str = Field("memory", validation_alias="LAMBDA_ARCH_BROKER_STORAGE")

@@ -162,11 +162,6 @@ class Lake:
 
     def ensure_tables(self, spark: SparkSession) -> None:
         """Create the database and both tables when missing (Spark SQL only: works over Connect)."""
-        filesystem, base = self.filesystem()
-        if _is_local(filesystem):
-            # An existing folder spares Spark a FileNotFoundException warning per table.
-            for table in (EVENTS_TABLE, QUARANTINE_TABLE):
-                filesystem.create_dir(f"{base}/{table}", recursive=True)
         spark.sql(
             f"CREATE DATABASE IF NOT EXISTS `{self.database}` "
             f"LOCATION '{spark_uri(self.database_location)}'"
@@ -191,6 +186,10 @@ class Lake:
         """
         if spark.catalog.tableExists(f"{self.database}.{table}"):
             return
+        filesystem, path = self._table_path(table)
+        if _is_local(filesystem):
+            # An existing folder spares Spark a FileNotFoundException warning per table.
+            filesystem.create_dir(path, recursive=True)
         spark.sql(
             f"CREATE TABLE IF NOT EXISTS {self.table(table)} ({_ddl_columns(columns)}) "
             f"USING parquet PARTITIONED BY ({', '.join(f'`{n}`' for n, _ in partitioning)}) "

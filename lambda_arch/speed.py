@@ -35,7 +35,12 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 
 from lambda_arch.config import Settings
-from lambda_arch.kafka_source import SOURCE_NAME, register_kafka_source, source_options
+from lambda_arch.kafka_source import (
+    SOURCE_NAME,
+    pending_data_loss,
+    register_kafka_source,
+    source_options,
+)
 from lambda_arch.spark_schema import QUARANTINE_REASON_COLUMN, parse_events
 from lambda_arch.streaming import StreamReport, run_available_now
 from lambda_arch.transforms import (
@@ -150,6 +155,7 @@ def speed_events(spark: SparkSession, settings: Settings) -> DataFrame:
         settings.bootstrap_servers,
         settings.topic,
         max_events_per_batch=settings.max_events_per_batch,
+        failOnDataLoss=settings.fail_on_data_loss,
     )
     raw = spark.readStream.format(SOURCE_NAME).options(**options).load()
     parsed = parse_events(raw, "value").observe(
@@ -249,6 +255,13 @@ def _run(
     timeout_s: float | None,
     lock_timeout_s: float,
 ) -> StreamReport:
+    # Measured before the run: afterwards the checkpoint has moved past the gap. (When data
+    # loss fails the run, the run's own error names the gap.)
+    gaps = (
+        []
+        if settings.fail_on_data_loss
+        else pending_data_loss(checkpoint, settings.bootstrap_servers, settings.topic)
+    )
     report = run_available_now(
         name,
         writer,
@@ -262,7 +275,7 @@ def _run(
     state = _save_state(paths, name, settings, report)
     # Report the contract's watermark (latest event time seen - lateness), not Spark's
     # (1 ms less, see SPARK_WATERMARK_MARGIN), and also after a run that read nothing.
-    return replace(report, watermark=_parse_time(state.get("watermark")))
+    return replace(report, watermark=_parse_time(state.get("watermark")), data_loss=tuple(gaps))
 
 
 def _ship_code(spark: SparkSession, *modules: ModuleType) -> None:
@@ -308,6 +321,7 @@ def run_landing(
         settings.bootstrap_servers,
         settings.topic,
         max_events_per_batch=settings.max_events_per_batch,
+        failOnDataLoss=settings.fail_on_data_loss,
     )
     raw = spark.readStream.format(SOURCE_NAME).options(**options).load()
     reason = F.col(QUARANTINE_REASON_COLUMN)

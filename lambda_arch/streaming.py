@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lambda_arch.kafka_offsets import KafkaDataLossError
+from lambda_arch.kafka_offsets import Gap, KafkaDataLossError
 from lambda_arch.kafka_source import checkpoint_offsets
 
 if TYPE_CHECKING:
@@ -138,6 +138,8 @@ class StreamReport:
     late_events: int
     observed: dict[str, float]  # `df.observe` metrics summed over batches, as "name.field"
     batches: tuple[BatchProgress, ...] = field(default=(), repr=False)
+    # Offsets the run resumed from that the broker no longer held (only with failOnDataLoss=false).
+    data_loss: tuple[Gap, ...] = ()
 
     def metadata(self) -> dict[str, int | float | str]:
         """Flat plain values for Dagster metadata (timestamps as ISO text, offsets as JSON)."""
@@ -156,6 +158,15 @@ class StreamReport:
             result["max_event_time"] = _iso(self.max_event_time)
         if self.watermark is not None:
             result["watermark"] = _iso(self.watermark)
+        if self.data_loss:
+            result["data_loss_partitions"] = len(self.data_loss)
+            result["data_loss"] = json.dumps(
+                [
+                    {"partition": g.partition, "kind": g.kind, "checkpoint": g.checkpoint}
+                    | {"earliest": g.earliest, "end": g.end}
+                    for g in self.data_loss
+                ]
+            )
         for key, value in sorted(self.observed.items()):
             result[f"observed.{key}"] = int(value) if float(value).is_integer() else value
         return result

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lambda_arch.spark_schema import QUARANTINE_REASON_COLUMN, SPARK_EVENT_COLUMNS
@@ -68,14 +68,17 @@ def deduplicate(events: DataFrame) -> DataFrame:
     """Batch form: one row per event_id, the earliest by (event_time, partition, offset).
 
     The Kafka position breaks ties between copies with the same time, so the choice is
-    deterministic across reruns. (The speed layer deduplicates in streaming form instead; see
-    `lambda_arch.speed`.)
+    deterministic across reruns. A hash aggregate (min_by) instead of a ranking window: no sort
+    of the whole day. (The speed layer deduplicates in streaming form; see `lambda_arch.speed`.)
     """
-    order = [F.col("event_time").asc()]
-    order += [F.col(c).asc_nulls_last() for c in ("partition", "offset") if c in events.columns]
-    rank = F.row_number().over(Window.partitionBy("event_id").orderBy(*order))
-    marker = "__dedup_rank"
-    return events.withColumn(marker, rank).where(F.col(marker) == 1).drop(marker)
+    order = [F.col("event_time")]
+    order += [F.col(c) for c in ("partition", "offset") if c in events.columns]
+    picked = "__dedup_row"
+    return (
+        events.groupBy("event_id")
+        .agg(F.min_by(F.struct(*events.columns), F.struct(*order)).alias(picked))
+        .select(f"{picked}.*")
+    )
 
 
 def _plays(events: DataFrame) -> DataFrame:

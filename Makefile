@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.8
+# Spark's s3a jars for an S3 warehouse (hadoop-aws 3.3.1 + AWS SDK bundle, the only installable
+# copy). The package pins pyspark 3.3: it goes without dependencies into a folder of its own,
+# outside site-packages, where lambda_arch.spark.s3a_jars() finds it (see pyproject.toml).
+S3A_JARS := sagemaker-pyspark==1.4.5
 
 .PHONY: demo test install lint format check-python check-java clean
 
@@ -20,6 +24,7 @@ $(BIN)/python: | check-python
 $(STAMP): $(BIN)/python pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --target $(VENV)/s3a-jars $(S3A_JARS)
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode --no-deps -e .
 	touch $(STAMP)
 

@@ -4,16 +4,26 @@ Classic sessions and the embedded Spark Connect server (lambda_arch.spark_connec
 configuration: the Hive catalog with an embedded Derby metastore under `$LAMBDA_ARCH_HOME/metastore`,
 the warehouse from the settings, UTC, and the RocksDB state store. Derby lets one JVM at a time
 open a metastore folder, which is why `lambda-arch up` runs one Connect server that owns it.
+
+With the warehouse on S3 both also get Hadoop's s3a connector (`s3a_conf`). Spark 4.3 ships
+Hadoop 3.5 without hadoop-aws, and no installable package has a hadoop-aws matching 3.5: the only
+jars found are hadoop-aws 3.3.1 and aws-java-sdk-bundle 1.11.901 inside sagemaker-pyspark 1.4.5
+(installed by `make install` without its dependencies, as it pins pyspark 3.3). They work once the
+s3a settings Hadoop 3.5 writes as durations ("60s") are given as the plain numbers 3.3.1 parses,
+and the credential providers name SDK v1 classes (3.5's defaults are SDK v2 classes).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lambda_arch.config import Settings
+from lambda_arch.s3 import s3_endpoint, s3_region
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -58,6 +68,98 @@ def catalog_conf(settings: Settings) -> dict[str, str]:
     }
 
 
+# S3 through Hadoop's s3a connector ---------------------------------------------------------------
+
+S3A_JARS_PACKAGE = "sagemaker_pyspark"  # the pip package whose jars/ folder holds them
+# Where `make install` puts that package (`uv pip install --no-deps --target`): outside
+# site-packages, as it pins pyspark 3.3 and would otherwise break `pip check` (and its Python
+# code does not work with pyspark 4 anyway); only its jars are used.
+S3A_JARS_TARGET = "s3a-jars"
+S3A_JAR_PREFIXES = ("hadoop-aws-", "aws-java-sdk-bundle-")
+# Hadoop 3.5's core-default.xml writes these as durations; hadoop-aws 3.3.1 reads them with
+# getInt/getLong and fails on "60s". Values are 3.5's defaults in the units 3.3.1 expects.
+S3A_NUMERIC_OVERRIDES: dict[str, str] = {
+    "fs.s3a.connection.establish.timeout": "30000",  # ms (3.5: 30s)
+    "fs.s3a.connection.timeout": "200000",  # ms (3.5: 200s)
+    "fs.s3a.threads.keepalivetime": "60",  # s (3.5: 60s)
+    "fs.s3a.multipart.purge.age": "86400",  # s (3.5: 24h)
+}
+# 3.5's default provider list names AWS SDK v2 classes that the v1 bundle lacks. Keys given as
+# fs.s3a.access.key/secret.key first, then the SDK's chain: environment, profile, container and
+# instance credentials. Keys never go into Spark's configuration (command lines, logs) by us.
+S3A_CREDENTIAL_PROVIDERS = (
+    "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider,"
+    "com.amazonaws.auth.DefaultAWSCredentialsProviderChain"
+)
+
+
+class S3JarsError(RuntimeError):
+    """The warehouse is on S3 but the s3a jars are not installed."""
+
+
+def _s3a_jar_folders() -> list[Path]:
+    """Candidate jars/ folders of sagemaker-pyspark: `<venv>/s3a-jars` (make install), then an
+    importable copy (found without importing it)."""
+    folders = [Path(sys.prefix) / S3A_JARS_TARGET / S3A_JARS_PACKAGE / "jars"]
+    spec = importlib.util.find_spec(S3A_JARS_PACKAGE)
+    if spec is not None:
+        folders += [Path(location) / "jars" for location in spec.submodule_search_locations or []]
+    return folders
+
+
+def s3a_jars() -> list[Path]:
+    """hadoop-aws 3.3.1 and aws-java-sdk-bundle 1.11.901 from sagemaker-pyspark (its other,
+    newer SDK jars would clash with the bundle)."""
+    for folder in _s3a_jar_folders():
+        jars = [max(found) for p in S3A_JAR_PREFIXES if (found := list(folder.glob(f"{p}*.jar")))]
+        if len(jars) == len(S3A_JAR_PREFIXES):
+            return jars
+    raise S3JarsError(
+        "LAMBDA_ARCH_WAREHOUSE is an S3 URI but Spark's s3a jars (hadoop-aws, aws-java-sdk-bundle) "
+        "are missing: run `make install`, or `uv pip install --no-deps --target "
+        f"{Path(sys.prefix) / S3A_JARS_TARGET} sagemaker-pyspark==1.4.5`"
+    )
+
+
+def s3a_conf(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Spark configuration for s3a:// when the warehouse is on S3 (empty otherwise, so local
+    lakes pay nothing for the 190 MB SDK bundle).
+
+    The endpoint comes from AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (an S3-compatible server:
+    path-style addressing, TLS as the URL says), else the regional AWS endpoint of AWS_REGION.
+    """
+    if not settings.warehouse_is_s3:
+        return {}
+    jars = [str(jar) for jar in s3a_jars()]
+    conf = {
+        # Local mode runs tasks in the driver's JVM: its class path serves them, whereas
+        # spark.jars would copy the 190 MB bundle into every session's work folder on the
+        # first task (measured here: a few seconds on the first job). A cluster needs spark.jars,
+        # which ships the jars to its executors.
+        **(
+            {"spark.driver.extraClassPath": os.pathsep.join(jars)}
+            if settings.spark_master.startswith("local")
+            else {"spark.jars": ",".join(jars)}
+        ),
+        "spark.hadoop.fs.s3a.aws.credentials.provider": S3A_CREDENTIAL_PROVIDERS,
+        # s3:// paths written by other tools resolve to the same connector.
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        **{f"spark.hadoop.{key}": value for key, value in S3A_NUMERIC_OVERRIDES.items()},
+    }
+    endpoint, region = s3_endpoint(environ), s3_region(environ)
+    if endpoint:
+        conf["spark.hadoop.fs.s3a.endpoint"] = endpoint
+        # Servers such as moto or MinIO have no per-bucket host names.
+        conf["spark.hadoop.fs.s3a.path.style.access"] = "true"
+        conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(
+            endpoint.startswith("https://")
+        ).lower()
+    elif region:
+        # hadoop-aws 3.3.1 signs for the region its endpoint names (default: us-east-1).
+        conf["spark.hadoop.fs.s3a.endpoint"] = f"s3.{region}.amazonaws.com"
+    return conf
+
+
 def local_session_conf(settings: Settings, *, ui: bool = False) -> dict[str, str]:
     """Spark configuration of a classic (JVM-in-process) session for these settings."""
     return {
@@ -65,6 +167,7 @@ def local_session_conf(settings: Settings, *, ui: bool = False) -> dict[str, str
         "spark.driver.bindAddress": "127.0.0.1",
         "spark.ui.enabled": "true" if ui else "false",
         **catalog_conf(settings),
+        **s3a_conf(settings),
     }
 
 

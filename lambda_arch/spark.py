@@ -160,15 +160,62 @@ def s3a_conf(settings: Settings, environ: Mapping[str, str] | None = None) -> di
     return conf
 
 
+# Spark's INFO logs every query: keep warnings, plus the Connect server's start and stop lines.
+LOG4J2_PROPERTIES = """\
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+logger.server.name = org.apache.spark.sql.connect.service.SparkConnectServer
+logger.server.level = info
+logger.service.name = org.apache.spark.sql.connect.service.SparkConnectService
+logger.service.level = info
+# Hive's metastore logs every ADD PARTITION as a warning.
+logger.hivelog.name = hive.log
+logger.hivelog.level = error
+# The embedded metastore's start-up chatter (schema version, missing default database).
+logger.objectstore.name = org.apache.hadoop.hive.metastore.ObjectStore
+logger.objectstore.level = error
+logger.hiveconf.name = org.apache.hadoop.hive.conf.HiveConf
+logger.hiveconf.level = error
+logger.sessionstate.name = org.apache.hadoop.hive.ql.session.SessionState
+logger.sessionstate.level = error
+logger.nativecode.name = org.apache.hadoop.util.NativeCodeLoader
+logger.nativecode.level = error
+"""
+
+
+def log4j_file(settings: Settings) -> Path:
+    return settings.home / "spark" / "log4j2.properties"
+
+
+def write_log4j(settings: Settings) -> Path:
+    """Write the JVM's log configuration (LOG4J2_PROPERTIES) where local_session_conf points."""
+    path = log4j_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != LOG4J2_PROPERTIES:
+        path.write_text(LOG4J2_PROPERTIES)
+    return path
+
+
 def local_session_conf(settings: Settings, *, ui: bool = False) -> dict[str, str]:
     """Spark configuration of a classic (JVM-in-process) session for these settings."""
-    return {
+    conf = {
         "spark.driver.host": "127.0.0.1",
         "spark.driver.bindAddress": "127.0.0.1",
         "spark.ui.enabled": "true" if ui else "false",
+        # Progress bars belong to a terminal, not to Dagster's captured logs.
+        "spark.ui.showConsoleProgress": "false",
         **catalog_conf(settings),
         **s3a_conf(settings),
     }
+    conf["spark.driver.extraJavaOptions"] += (
+        f" -Dlog4j2.configurationFile=file:{log4j_file(settings)}"
+    )
+    return conf
 
 
 def build_session(
@@ -192,6 +239,7 @@ def build_session(
     if remote:
         return SparkSession.builder.remote(remote).appName(app_name).getOrCreate()
     metastore_dir(settings).mkdir(parents=True, exist_ok=True)
+    write_log4j(settings)
     builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
     for key, value in local_session_conf(settings, ui=ui).items():
         builder = builder.config(key, value)

@@ -22,7 +22,12 @@ from pathlib import Path
 from lambda_arch.broker import ServiceError, port_in_use
 from lambda_arch.config import Settings
 from lambda_arch.processes import spawn, spawn_env, stop_process
-from lambda_arch.spark import local_session_conf, metastore_dir, spark_environment
+from lambda_arch.spark import (
+    local_session_conf,
+    metastore_dir,
+    spark_environment,
+    write_log4j,
+)
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 START_TIMEOUT_S = 180.0  # ~6-10 s alone; generous for a machine shared with other JVMs
@@ -40,24 +45,6 @@ assert spark.sql("SELECT 1 AS one").collect()[0].one == 1
 spark.stop()
 """
 
-# Spark's INFO logs every query: keep warnings, plus the server's own start and stop lines.
-_LOG4J2 = """\
-rootLogger.level = warn
-rootLogger.appenderRef.stderr.ref = console
-appender.console.type = Console
-appender.console.name = console
-appender.console.target = SYSTEM_ERR
-appender.console.layout.type = PatternLayout
-appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
-logger.server.name = org.apache.spark.sql.connect.service.SparkConnectServer
-logger.server.level = info
-logger.service.name = org.apache.spark.sql.connect.service.SparkConnectService
-logger.service.level = info
-# Hive's metastore logs every ADD PARTITION as a warning.
-logger.hivelog.name = hive.log
-logger.hivelog.level = error
-"""
-
 
 def spark_home() -> Path:
     """SPARK_HOME of the installed pyspark (bin/spark-submit and the jars live there)."""
@@ -73,8 +60,6 @@ def connect_url(port: int) -> str:
 def server_conf(settings: Settings, port: int) -> dict[str, str]:
     """A local session's configuration plus the loopback gRPC endpoint."""
     conf = local_session_conf(settings)
-    log4j = settings.home / "spark-connect" / "log4j2.properties"
-    conf["spark.driver.extraJavaOptions"] += f" -Dlog4j2.configurationFile=file:{log4j}"
     conf.update(
         {
             "spark.master": settings.spark_master,
@@ -158,7 +143,7 @@ class ConnectServer:
         settings = self.settings
         for folder in (metastore_dir(settings), settings.home / "spark-connect"):
             folder.mkdir(parents=True, exist_ok=True)
-        (settings.home / "spark-connect" / "log4j2.properties").write_text(_LOG4J2)
+        write_log4j(settings)
         command = server_command(settings, self.port)
         for key, value in self.extra_conf.items():
             command += ["--conf", f"{key}={value}"]

@@ -162,10 +162,12 @@ class Lake:
 
     def ensure_tables(self, spark: SparkSession) -> None:
         """Create the database and both tables when missing (Spark SQL only: works over Connect)."""
-        spark.sql(
-            f"CREATE DATABASE IF NOT EXISTS `{self.database}` "
-            f"LOCATION '{spark_uri(self.database_location)}'"
-        )
+        # Checked first: Hive logs an ERROR for CREATE DATABASE IF NOT EXISTS on an existing one.
+        if not spark.catalog.databaseExists(self.database):
+            spark.sql(
+                f"CREATE DATABASE IF NOT EXISTS `{self.database}` "
+                f"LOCATION '{spark_uri(self.database_location)}'"
+            )
         for table, schema, partitioning in (
             (EVENTS_TABLE, EVENTS_SCHEMA, EVENTS_PARTITIONING),
             (QUARANTINE_TABLE, QUARANTINE_SCHEMA, QUARANTINE_PARTITIONING),

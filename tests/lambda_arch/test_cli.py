@@ -86,7 +86,6 @@ def test_usage_errors_are_one_line(
 @pytest.mark.parametrize(
     ("args", "layer"),
     [
-        (["run"], "headless run"),
         (["trending"], "serving layer"),
         (["discovery", "--country", "BR"], "serving layer"),
         (["sessions", "--member", "7"], "serving layer"),

@@ -1,0 +1,81 @@
+"""`lambda-arch run`: the headless pass on an empty topic, on new data, and twice in a row."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+
+from lambda_arch import batch
+from lambda_arch.broker import EmbeddedBroker
+from lambda_arch.cli import main
+from lambda_arch.config import Settings
+from lambda_arch.lake import Lake
+from lambda_arch.producer import ensure_topic, make_producer
+
+
+@pytest.fixture
+def run_env(
+    env_home: Path, broker: EmbeddedBroker, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers)
+    monkeypatch.setenv("LAMBDA_ARCH_TOPIC", topic)
+    monkeypatch.setenv("LAMBDA_ARCH_DATABASE", f"db_{topic.replace('-', '_')}")
+    monkeypatch.setenv("LAMBDA_ARCH_START_DATE", "2026-03-01")
+    # `run` points DAGSTER_HOME at the home's instance: restored after the test.
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    settings = Settings.from_env()
+    ensure_topic(settings.bootstrap_servers, settings.topic, 2)
+    return settings
+
+
+def plays(start: datetime, hours: int) -> list[bytes]:
+    return [
+        json.dumps(
+            {
+                "event_id": f"p{n}",
+                "event_type": "play_start",
+                "event_time": (start + timedelta(minutes=30 * n)).isoformat(),
+                "member_id": n % 4,
+                "title_id": n % 3,
+                "country": "FR",
+            }
+        ).encode()
+        for n in range(hours * 2)
+    ]
+
+
+def test_run_on_an_empty_topic_then_new_data_then_again(
+    spark, run_env: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing owed" in out and "done in" in out
+
+    producer = make_producer(run_env.bootstrap_servers)
+    for payload in plays(datetime(2026, 3, 1, tzinfo=UTC), 50):  # to 2026-03-03 01:30
+        producer.send(run_env.topic, value=payload)
+    producer.flush()
+    producer.close()
+
+    assert main(["run"]) == 0
+    out = capsys.readouterr().out
+    assert "recomputing 2026-03-01 .. 2026-03-02" in out
+    assert "trending_speed: 100 events read" in out
+    lake = Lake.from_settings(run_env)
+    rows = batch.read_batch_view(spark, lake, batch.TRENDING_TABLE).collect()
+    by_day: dict[str, int] = {}
+    for row in rows:
+        by_day[row.dt] = by_day.get(row.dt, 0) + row.plays
+    assert by_day == {"2026-03-01": 48, "2026-03-02": 48}
+
+    # Again: nothing new to read, nothing owed; every run is in the home's Dagster instance.
+    assert main(["run"]) == 0
+    out = capsys.readouterr().out
+    assert "trending_speed: 0 events read" in out and "nothing owed" in out
+    with DagsterInstance.from_config(str(run_env.dagster_home)) as instance:
+        jobs = sorted(r.dagster_run.job_name for r in instance.get_run_records())
+    assert jobs == ["batch_job", "speed_job", "speed_job", "speed_job"]

@@ -38,6 +38,8 @@ from lambda_arch.broker import (
 )
 from lambda_arch.config import Settings
 from lambda_arch.processes import spawn, spawn_env, stop_pid, stop_process
+from lambda_arch.spark_connect import LOG_NAME as CONNECT_LOG_NAME
+from lambda_arch.spark_connect import ConnectServer
 
 # Runs tagged with this key share max_spark_runs slots: each starts a Spark driver (JVM).
 SPARK_RUN_TAG = "lambda_arch/spark"
@@ -264,12 +266,29 @@ def start_kafka(settings: Settings, services: list[Service]) -> str:
     return f"{where}, topic {settings.topic} ({partitions} partitions)"
 
 
+def start_spark_connect(settings: Settings, services: list[Service]) -> ConnectServer | None:
+    """Launch the embedded Spark Connect server unless SPARK_REMOTE names one (not waited for)."""
+    if settings.spark_remote is not None:
+        return None
+    server = ConnectServer(settings)
+    process = server.launch()
+    services.append(Service(CONNECT_LOG_NAME, process, server.log_path))
+    write_pid_file(settings.run_dir / f"{CONNECT_LOG_NAME}.pid", process.pid)
+    return server
+
+
 def check_ports(settings: Settings) -> None:
     """Refuse before starting anything when a port we need is taken."""
     if port_in_use(settings.dagster_port):
         raise ServiceError(
             f"port 127.0.0.1:{settings.dagster_port} for the Dagster UI is already in use: "
             "stop what listens there, or set LAMBDA_ARCH_DAGSTER_PORT"
+        )
+    if settings.spark_remote is None and port_in_use(settings.spark_connect_port):
+        raise ServiceError(
+            f"port 127.0.0.1:{settings.spark_connect_port} for the Spark Connect server is "
+            "already in use: stop what listens there, set LAMBDA_ARCH_SPARK_CONNECT_PORT, or set "
+            "SPARK_REMOTE to use a running Spark Connect server"
         )
     if settings.embedded_broker and port_in_use(settings.broker_port):
         raise ServiceError(
@@ -294,15 +313,13 @@ def run_stack(settings: Settings, traffic_rate: float | None, speedup: float) ->
         check_ports(settings)
         print(f"lambda-arch: starting in {settings.home}", flush=True)
         kafka = start_kafka(settings, services)
+        # One warm Spark Connect server for every run: a run connects in about a second instead
+        # of starting a JVM, and the server alone opens the Derby metastore (one JVM at a time).
+        connect = start_spark_connect(settings, services)
+        if connect is not None:
+            settings = settings.model_copy(update={"spark_remote": connect.url})
         write_dagster_yaml(settings)
         workspace_args = ["-w", str(workspace)]
-        start_service(
-            "daemon",
-            [script("dagster-daemon"), "run", *workspace_args],
-            settings,
-            services,
-            cwd=workspace.parent,
-        )
         webserver = start_service(
             "webserver",
             [
@@ -316,6 +333,16 @@ def run_stack(settings: Settings, traffic_rate: float | None, speedup: float) ->
         )
         ui = f"http://127.0.0.1:{settings.dagster_port}"
         wait_for_http(f"{ui}/server_info", webserver)
+        if connect is not None:
+            connect.wait_ready()
+        # The daemon (sensors, schedules, run queue) last: its first runs find Spark ready.
+        start_service(
+            "daemon",
+            [script("dagster-daemon"), "run", *workspace_args],
+            settings,
+            services,
+            cwd=workspace.parent,
+        )
         if traffic_rate is not None:
             start_service(
                 "traffic",
@@ -335,6 +362,7 @@ def run_stack(settings: Settings, traffic_rate: float | None, speedup: float) ->
             "lambda-arch is up\n"
             f"  Kafka          {kafka}\n"
             f"  Dagster UI     {ui}\n"
+            f"  Spark          {settings.spark_remote} (Spark Connect)\n"
             f"  live traffic   {traffic}\n"
             f"  logs           {settings.logs_dir}\n"
             "Ctrl-C to stop.",

@@ -26,6 +26,12 @@ from lambda_arch.stack import SPARK_RUN_TAG, claim_home, write_dagster_yaml, wri
 PARTITIONS = 3  # not the default, to see that the setting reaches the topic
 READY_TIMEOUT_S = 120.0  # the webserver answers in ~6 s alone; other suites may share the CPUs
 STOP_TIMEOUT_S = 30.0
+SPARK_PROBE = """
+from lambda_arch.config import load_settings
+from lambda_arch.spark import build_session
+spark = build_session(load_settings())
+print(type(spark).__module__, spark.sql("SELECT 1 AS one").collect()[0].one)
+"""
 
 
 @dataclass
@@ -69,8 +75,16 @@ class Up:
             time.sleep(0.25)
 
 
-def up_env(home: Path, broker_port: int, dagster_port: int) -> dict[str, str]:
-    """This environment without lambda-arch or Dagster settings, plus a fresh home and ports."""
+# Stacks that do not test Spark point at a Connect URL nobody serves: up then starts no Spark
+# Connect server (a JVM), and with no traffic no run ever connects.
+NO_SPARK = "sc://127.0.0.1:1"
+
+
+def up_env(
+    home: Path, broker_port: int, dagster_port: int, connect_port: int | None = None
+) -> dict[str, str]:
+    """This environment without lambda-arch or Dagster settings, plus a fresh home and ports;
+    with connect_port, up starts its Spark Connect server there."""
     env = {
         name: value
         for name, value in os.environ.items()
@@ -83,12 +97,19 @@ def up_env(home: Path, broker_port: int, dagster_port: int) -> dict[str, str]:
         LAMBDA_ARCH_DAGSTER_PORT=str(dagster_port),
         LAMBDA_ARCH_TOPIC_PARTITIONS=str(PARTITIONS),
     )
+    if connect_port is None:
+        env["SPARK_REMOTE"] = NO_SPARK
+    else:
+        env["LAMBDA_ARCH_SPARK_CONNECT_PORT"] = str(connect_port)
     return env
 
 
 @contextmanager
 def lambda_arch_up(
-    tmp_path: Path, home: Path | None = None, ports: tuple[int, int] | None = None
+    tmp_path: Path,
+    home: Path | None = None,
+    ports: tuple[int, int] | None = None,
+    connect_port: int | None = None,
 ) -> Iterator[Up]:
     """Start `up --no-traffic`; afterwards kill, by PID, whatever of its tree is still alive."""
     home = home or tmp_path / "home"
@@ -101,7 +122,7 @@ def lambda_arch_up(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
-            env=up_env(home, broker_port, dagster_port),
+            env=up_env(home, broker_port, dagster_port, connect_port),
             cwd=tmp_path,
             start_new_session=True,
         )
@@ -141,29 +162,47 @@ def assert_stack_answers(up: Up) -> None:
         admin.close()
 
 
-def full_tree(up: Up, timeout_s: float = 60.0) -> list[psutil.Process]:
-    """The tree once broker, daemon, webserver and both gRPC code servers run."""
+def command_line(process: psutil.Process) -> str:
+    """A process's command line; empty for one that ended (or is a zombie not yet reaped)."""
+    try:
+        return " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return ""
+
+
+def full_tree(up: Up, timeout_s: float = 60.0, spark: bool = False) -> list[psutil.Process]:
+    """The tree once broker, daemon, webserver, both gRPC code servers (and Spark) run."""
     deadline = time.monotonic() + timeout_s
     while True:
         tree = up.tree()
-        commands = [" ".join(p.cmdline()) for p in tree if p.is_running()]
+        commands = [command_line(p) for p in tree]
         code_servers = sum("dagster api grpc" in c for c in commands)
         wanted = ("tansu broker", "dagster-daemon run", "dagster-webserver")
-        if all(any(w in c for c in commands) for w in wanted) and code_servers >= 2:
+        wanted += ("SparkConnectServer",) if spark else ()
+        daemon_log = up.home / "logs" / "daemon.log"
+        # A daemon stopped while still importing leaves a KeyboardInterrupt traceback: wait
+        # until it runs its daemons.
+        daemon_ready = daemon_log.exists() and "Instance is configured" in daemon_log.read_text()
+        if (
+            all(any(w in c for c in commands) for w in wanted)
+            and code_servers >= 2
+            and daemon_ready
+        ):
             return tree
         if time.monotonic() > deadline:
             pytest.fail(f"incomplete process tree: {commands}")
         time.sleep(0.5)
 
 
-def stop_and_check(up: Up, signum: signal.Signals) -> None:
+def stop_and_check(up: Up, signum: signal.Signals, spark_port: int | None = None) -> None:
     """Send signum; up exits 0 in time with nothing left running or listening."""
-    tree = full_tree(up)
+    tree = full_tree(up, spark=spark_port is not None)
     os.kill(up.process.pid, signum)
     assert up.process.wait(timeout=STOP_TIMEOUT_S) == 0, up.stderr
     assert live(tree) == []
     assert not port_in_use(up.broker_port)
     assert not port_in_use(up.dagster_port)
+    assert spark_port is None or not port_in_use(spark_port)
     assert list((up.home / "run").glob("*.pid")) == []
     assert "lambda-arch: stopped" in up.stdout
     assert up.stderr == ""
@@ -181,12 +220,27 @@ def assert_one_line_error(up: Up, *needles: str) -> str:
 
 @pytest.mark.slow
 def test_up_serves_then_stops_everything_on_sigterm(tmp_path: Path) -> None:
-    with lambda_arch_up(tmp_path) as up:
+    spark_port = free_port()
+    with lambda_arch_up(tmp_path, connect_port=spark_port) as up:
         started = time.monotonic()
         up.wait_until_up()
         ready_s = time.monotonic() - started
         assert_stack_answers(up)
-        tree = full_tree(up)
+        # The Spark Connect server every run shares answers a query, and commands started next
+        # to up (lambda-arch run, queries) find it through its PID file.
+        assert f"sc://127.0.0.1:{spark_port} (Spark Connect)" in up.stdout
+        assert (up.home / "run" / "spark-connect.pid").exists()
+        probe = subprocess.run(
+            [sys.executable, "-c", SPARK_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=up_env(up.home, up.broker_port, up.dagster_port, spark_port) | {"SPARK_REMOTE": ""},
+            check=False,
+        )
+        assert probe.returncode == 0, probe.stderr[-2000:]
+        assert probe.stdout.split()[-2:] == ["pyspark.sql.connect.session", "1"]
+        tree = full_tree(up, spark=True)
         rss_mb = sum(p.memory_info().rss for p in tree if p.is_running()) / 2**20
         print(
             f"\nup --no-traffic: ready in {ready_s:.1f} s, {len(tree)} processes, {rss_mb:.0f} MB"
@@ -205,7 +259,7 @@ def test_up_serves_then_stops_everything_on_sigterm(tmp_path: Path) -> None:
         assert "max_concurrent_runs: 4" in info.stdout
         assert SPARK_RUN_TAG in info.stdout
 
-        stop_and_check(up, signal.SIGTERM)
+        stop_and_check(up, signal.SIGTERM, spark_port)
         # ... and by the daemon, which ran without a config error.
         daemon_log = (up.home / "logs" / "daemon.log").read_text()
         assert "QueuedRunCoordinatorDaemon" in daemon_log
@@ -255,7 +309,7 @@ def test_a_dying_child_stops_the_stack_with_one_line(tmp_path: Path) -> None:
     with lambda_arch_up(tmp_path) as up:
         up.wait_until_up()
         tree = full_tree(up)
-        broker = next(p for p in tree if "tansu" in " ".join(p.cmdline()))
+        broker = next(p for p in tree if "tansu" in command_line(p))
         broker.kill()
         assert up.process.wait(timeout=STOP_TIMEOUT_S) == 2
         assert_one_line_error(up, "broker", str(up.home / "logs" / "broker.log"))

@@ -14,6 +14,14 @@ Kafka values are parsed without a Python worker. How each rule is decided:
 - ISO times: `rlike` with schema.ISO_TIME_PATTERN, then the fields at their fixed positions,
   the date through `try_make_timestamp_ltz(..., 'UTC')` (NULL for 30 February) and the rest as
   integer microseconds, so neither rounding nor the session time zone plays any part.
+
+Fast path: a payload in the canonical shape every lambda-arch producer writes (compact JSON, the
+fields in FIELD_ORDER with device, discovery_source and position_ms optional, strings without
+escapes, non-negative integers of at most 18 digits; `CANONICAL_PATTERN`) is a single,
+duplicate-free JSON object whose field types can be read off the text, so it is parsed with
+one `from_json` instead of the variant parser, the array check and a type probe per field
+(about a third less work per record). Every rule after decoding (enums, ranges, times) is
+still decided by the same expressions for both paths. Anything else takes the general path.
 """
 
 from __future__ import annotations
@@ -75,6 +83,8 @@ _ISO_OFFSET = f"{_P}iso_offset"
 _ISO_MICROS = f"{_P}iso_micros"
 _EVENT_MICROS = f"{_P}event_micros"
 _REASON = f"{_P}reason"
+_FAST = f"{_P}fast"
+_FAST_JSON = f"{_P}fast_json"
 
 _INT = "BIGINT"  # schema_of_variant names every JSON integer that fits in int64 BIGINT
 _STRING = "STRING"
@@ -83,6 +93,44 @@ _JSON_SPACE_THEN_BRACE = r"^[ \t\n\r]*\{"  # the only whitespace JSON allows bef
 _MICROS_PER_MS = 1000
 _MICROS_PER_SECOND = 1_000_000
 _MICROS_PER_MINUTE = 60 * _MICROS_PER_SECOND
+
+# The canonical shape (see the module docstring), for Java's regex. A string without `"`, `\`
+# or control characters is valid JSON whose text is its value; an integer without sign or
+# leading zero and of at most 18 digits is a JSON integer in int64. Fixed key order means no
+# key can repeat; `(?![\s\S])` is the end of the text (Java's `$` also matches before a final
+# newline).
+_CANONICAL_STRING = r'"[^"\\\x00-\x1f]*+"'
+_CANONICAL_INT = r"(?:0|[1-9][0-9]{0,17}+)"
+_CANONICAL_REQUIRED = {
+    "event_id": _CANONICAL_STRING,
+    "event_type": _CANONICAL_STRING,
+    "event_time": f"(?:{_CANONICAL_STRING}|{_CANONICAL_INT})",
+    "member_id": _CANONICAL_INT,
+    "title_id": _CANONICAL_INT,
+    "country": _CANONICAL_STRING,
+}
+_CANONICAL_OPTIONAL = {
+    "device": _CANONICAL_STRING,
+    "discovery_source": _CANONICAL_STRING,
+    "position_ms": _CANONICAL_INT,
+}
+assert (*_CANONICAL_REQUIRED, *_CANONICAL_OPTIONAL) == FIELD_ORDER
+CANONICAL_PATTERN = (
+    r"^\{"
+    + ",".join(f'"{name}":{kind}' for name, kind in _CANONICAL_REQUIRED.items())
+    + "".join(f'(?:,"{name}":{kind})?' for name, kind in _CANONICAL_OPTIONAL.items())
+    + r"\}(?![\s\S])"
+)
+# What from_json reads from a canonical payload: each field as its JSON type, except event_time
+# (string or integer), which a string field takes as its text either way. (Measured faster
+# than cutting the values out with substring_index: from_json has no generated code, so the
+# generated code of the parse comes in two smaller halves, which the JIT compiles better.)
+_FAST_SCHEMA = ", ".join(
+    f"{name} {'bigint' if kind == _CANONICAL_INT else 'string'}"
+    for name, kind in {**_CANONICAL_REQUIRED, **_CANONICAL_OPTIONAL}.items()
+)
+# In a canonical payload no value holds a quote, so this text shows a string event_time.
+_CANONICAL_STRING_TIME = '"event_time":"'
 
 
 def _col(name: str) -> Column:
@@ -109,8 +157,8 @@ def _absent(field: str) -> Column:
     return _col(_type(field)).isNull() | (_col(_type(field)) == _NULL)
 
 
-def _decode_columns(value: Column) -> list[Column]:
-    """The cheap checks, the parsed document and whether it is exactly one JSON object."""
+def _precheck_columns(value: Column) -> list[Column]:
+    """The cheap checks (size, UTF-8), as a reason or NULL."""
     size = F.octet_length(value)
     text = value.cast("string")  # the bytes as they are; is_valid_utf8 judges them
     precheck = (
@@ -118,25 +166,65 @@ def _decode_columns(value: Column) -> list[Column]:
         .when(size > MAX_PAYLOAD_BYTES, REASON_TOO_LARGE)
         .when(~F.is_valid_utf8(text), REASON_INVALID_UTF8)
     )
-    decodable = precheck.isNull()
+    return [precheck.alias(_PRECHECK)]
+
+
+def _fast_columns(value: Column) -> list[Column]:
+    """Whether a payload that passed the cheap checks is canonical."""
+    text = value.cast("string")
+    fast = _col(_PRECHECK).isNull() & text.rlike(CANONICAL_PATTERN)
+    return [fast.alias(_FAST)]
+
+
+def _decode_columns(value: Column) -> list[Column]:
+    """For a payload that is not canonical: the parsed document and whether it is exactly one
+    JSON object (a canonical one is both by its shape)."""
+    text = value.cast("string")
+    fast = _col(_FAST)
     # JSON is parsed only for payloads that passed the cheap checks (CASE evaluates lazily).
-    wrapped = F.when(decodable, F.try_parse_json(F.concat(F.lit('{"k":'), text, F.lit("}"))))
-    single = F.when(decodable, F.json_array_length(F.concat(F.lit("["), text, F.lit("]"))) == 1)
-    is_object = F.when(decodable, text.rlike(_JSON_SPACE_THEN_BRACE))
+    general = _col(_PRECHECK).isNull() & ~fast
+    wrapped = F.when(general, F.try_parse_json(F.concat(F.lit('{"k":'), text, F.lit("}"))))
+    single = F.when(general, F.json_array_length(F.concat(F.lit("["), text, F.lit("]"))) == 1)
+    is_object = F.when(general, text.rlike(_JSON_SPACE_THEN_BRACE))
     return [
-        precheck.alias(_PRECHECK),
+        F.when(fast, F.from_json(text, _FAST_SCHEMA)).alias(_FAST_JSON),
         wrapped.alias(_WRAPPED),
-        (wrapped.isNotNull() & F.coalesce(single, F.lit(False))).alias(_JSON_OK),
-        F.coalesce(is_object, F.lit(False)).alias(_IS_OBJECT),
+        (fast | (wrapped.isNotNull() & F.coalesce(single, F.lit(False)))).alias(_JSON_OK),
+        (fast | F.coalesce(is_object, F.lit(False))).alias(_IS_OBJECT),
     ]
+
+
+def _type_column(field: str, value: Column) -> Column:
+    """A field's JSON type as schema_of_variant names it (NULL when absent)."""
+    general = F.schema_of_variant(F.try_variant_get(_col(_WRAPPED), _path(field), "variant"))
+    text = value.cast("string")
+    if field == "event_time":
+        is_text = text.contains(_CANONICAL_STRING_TIME)
+        canonical = F.when(is_text, F.lit(_STRING)).otherwise(F.lit(_INT))
+    elif field in _CANONICAL_REQUIRED:
+        canonical = F.lit(_INT if _CANONICAL_REQUIRED[field] == _CANONICAL_INT else _STRING)
+    else:
+        # A canonical payload has no nulls: an optional field is NULL only when absent.
+        kind = _INT if _CANONICAL_OPTIONAL[field] == _CANONICAL_INT else _STRING
+        canonical = F.when(_col(_FAST_JSON).getField(field).isNotNull(), F.lit(kind))
+    return F.when(_col(_FAST), canonical).otherwise(general).alias(_type(field))
 
 
 def _value_columns(field: str) -> list[Column]:
     """A field's value as string and as bigint, each only when that is its JSON type."""
     # The casts alone would also turn a JSON "7" or 7.0 into a bigint.
-    wrapped, json_type = _col(_WRAPPED), _col(_type(field))
-    as_string = F.when(json_type == _STRING, F.try_variant_get(wrapped, _path(field), "string"))
-    as_int = F.when(json_type == _INT, F.try_variant_get(wrapped, _path(field), "bigint"))
+    wrapped, json_type, fast = _col(_WRAPPED), _col(_type(field)), _col(_FAST)
+    canonical = _col(_FAST_JSON).getField(field)  # event_time: its text, whatever its type
+    as_string = F.when(
+        json_type == _STRING,
+        F.when(fast, canonical).otherwise(F.try_variant_get(wrapped, _path(field), "string")),
+    )
+    as_int = F.when(
+        json_type == _INT,
+        F.when(fast, canonical.cast("bigint")).otherwise(
+            F.try_variant_get(wrapped, _path(field), "bigint")
+        ),
+    )
     return [as_string.alias(_str(field)), as_int.alias(_int(field))]
 
 
@@ -244,16 +332,11 @@ def parse_events(df: DataFrame, value_col: str = "value") -> DataFrame:
         raise TypeError(f"{value_col} must be BINARY or STRING, not {value_type.simpleString()}")
     # One projection per step: an expression used several times later (the parsed document, a
     # field's JSON type, the matched ISO text) is computed once per row, not once per use.
-    stage = df.select(*[df[name] for name in df.columns], *_decode_columns(df[value_col]))
-    stage = stage.select(
-        "*",
-        *[
-            F.schema_of_variant(F.try_variant_get(_col(_WRAPPED), _path(field), "variant")).alias(
-                _type(field)
-            )
-            for field in FIELD_ORDER
-        ],
-    )
+    value = _col(value_col)
+    stage = df.select(*[df[name] for name in df.columns], *_precheck_columns(df[value_col]))
+    stage = stage.select("*", *_fast_columns(value))
+    stage = stage.select("*", *_decode_columns(value))
+    stage = stage.select("*", *[_type_column(field, value) for field in FIELD_ORDER])
     stage = stage.select(
         "*", *[column for field in FIELD_ORDER for column in _value_columns(field)]
     )

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -79,6 +79,15 @@ SPARK_WATERMARK_MARGIN = timedelta(milliseconds=1)
 # dedup -> session_window chain (dedup passes rows through unchanged, so one global watermark
 # is correct for both operators). Spark reads it when a query starts.
 SPEED_SESSION_CONF: dict[str, str] = {"spark.sql.streaming.statefulOperator.allowMultiple": "false"}
+# The event columns trending_counts and discovery_counts read (plus event_id for the dedup).
+VIEW_INPUT_COLUMNS = (
+    "event_id",
+    "event_type",
+    "event_time",
+    "country",
+    "title_id",
+    "discovery_source",
+)
 OBSERVATION = "input"  # df.observe name: records read and quarantined per batch
 
 
@@ -138,8 +147,13 @@ def write_batch(table: str, batch_df: DataFrame, batch_id: int) -> None:
 # Queries ------------------------------------------------------------------------------------
 
 
-def speed_events(spark: SparkSession, settings: Settings) -> DataFrame:
+def speed_events(
+    spark: SparkSession, settings: Settings, columns: Sequence[str] | None = None
+) -> DataFrame:
     """The streaming events every speed query starts from: valid, watermarked, deduplicated.
+
+    `columns` (with event_id and event_time) keeps only those event columns, before the dedup:
+    every column kept there is shuffled by event_id.
 
     Dedup: `dropDuplicatesWithinWatermark(["event_id"])`. Both it and
     `dropDuplicates(["event_id", "event_time"])` drop rows older than the watermark and report
@@ -166,11 +180,12 @@ def speed_events(spark: SparkSession, settings: Settings) -> DataFrame:
     delay_ms = settings.allowed_lateness_min * 60_000 + SPARK_WATERMARK_MARGIN // timedelta(
         milliseconds=1
     )
-    return (
-        valid_events(parsed)
-        .withWatermark("event_time", f"{delay_ms} milliseconds")
-        .dropDuplicatesWithinWatermark(["event_id"])
-    )
+    events = valid_events(parsed)
+    if columns is not None:
+        events = events.select(*columns)
+    return events.withWatermark(
+        "event_time", f"{delay_ms} milliseconds"
+    ).dropDuplicatesWithinWatermark(["event_id"])
 
 
 def run_trending_speed(
@@ -238,7 +253,7 @@ def _run_view(
     # The view is applied to each deduplicated micro-batch (stateless per batch): its output
     # is that batch's deltas, and the sum over batches is the view.
     writer = (
-        speed_events(spark, settings)
+        speed_events(spark, settings, VIEW_INPUT_COLUMNS)
         .writeStream.outputMode("append")
         .foreachBatch(partial(write_view_batch, view, spark_path(table)))
     )
@@ -279,15 +294,21 @@ def _run(
 
 
 def _ship_code(spark: SparkSession, *modules: ModuleType) -> None:
-    """Under Spark Connect, send the foreachBatch functions' modules by value (the server may
-    not have lambda_arch installed; FACTS: by reference fails with ModuleNotFoundError)."""
+    """Under Spark Connect, send the foreachBatch functions' code by value (the server may
+    not have lambda_arch installed; FACTS: by reference fails with ModuleNotFoundError).
+
+    The whole package, not only the bodies' modules: what they call lives in other modules
+    too (write_landing_batch reaches lambda_arch.spark and lambda_arch.s3), and anything left
+    by reference fails on such a server (tests/lambda_arch/test_spark_connect.py runs one).
+    cloudpickle treats every submodule of a registered package as registered.
+    """
     if not type(spark).__module__.startswith("pyspark.sql.connect"):
         return
     from pyspark import cloudpickle
 
-    from lambda_arch import transforms
+    import lambda_arch
 
-    for module in (transforms, sys.modules[__name__], *modules):
+    for module in (lambda_arch, *modules):
         cloudpickle.register_pickle_by_value(module)
 
 

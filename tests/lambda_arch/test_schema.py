@@ -451,3 +451,46 @@ def test_spark_twin_matches_pure_module(case: Case, spark_rows: dict[str, dict[s
 
 def test_event_time_millis_round_trip() -> None:
     assert epoch_millis(BASE_TIME) == 1_772_368_496_789
+
+
+def test_canonical_shape_takes_the_fast_path() -> None:
+    """The producers' compact JSON is canonical (parsed with from_json); anything that could
+    parse differently is not, and takes the general path (both checked above against schema.py).
+    Python's re reads the pattern (possessive quantifiers included) as Java's regex does."""
+    import itertools
+    import re
+
+    from lambda_arch.generator import TrafficConfig, generate
+    from lambda_arch.spark_schema import CANONICAL_PATTERN
+
+    canonical = re.compile(CANONICAL_PATTERN)
+    generated = [
+        r.value.decode()
+        for r in itertools.islice(generate(TrafficConfig(seed=1, start=BASE_TIME)), 2000)
+        if r.kind == "event" and b"app_version" not in r.value
+    ]
+    assert generated and all(canonical.search(text) for text in generated)
+    for payload in (doc(), doc(event_time=1_772_368_496_789), doc(device="tv", position_ms=0)):
+        assert canonical.search(payload.decode())
+    base = doc().decode()
+    assert '"member_id":7,' in base
+
+    def changed(old: str, new: str) -> str:
+        return base.replace(old, new, 1)
+
+    for payload in (
+        changed('"member_id":7', '"member_id":7,"member_id":8'),  # a repeated key
+        changed('"member_id":7', '"member_id":1234567890123456789'),  # 19 digits
+        changed('"member_id":7', '"member_id":-7'),
+        changed('"member_id":7', '"member_id":7.0'),
+        changed('"member_id":7', '"member_id":07'),
+        changed('"member_id":7', '"member_id":null'),
+        changed('"e-1"', '"e\\u0031"'),  # an escape
+        changed('"e-1"', '"e\t1"'),  # a raw control character
+        changed('"member_id":7', '"member_id": 7'),  # whitespace
+        changed('"member_id":7', '"x":1,"member_id":7'),  # an unknown field
+        changed('"member_id":7,"title_id":42', '"title_id":42,"member_id":7'),  # order
+        base + "\n",
+        " " + base,
+    ):
+        assert not canonical.search(payload), payload

@@ -293,6 +293,23 @@ def test_up_refuses_a_dagster_port_in_use(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_up_refuses_a_spark_connect_port_in_use(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        broker_port = free_port()
+        with lambda_arch_up(tmp_path, ports=(broker_port, free_port()), connect_port=taken) as up:
+            up.process.wait(timeout=60)
+            assert_one_line_error(
+                up, f"127.0.0.1:{taken}", "LAMBDA_ARCH_SPARK_CONNECT_PORT", "SPARK_REMOTE"
+            )
+            # Refused before starting anything.
+            assert not port_in_use(broker_port)
+            assert list((up.home / "run").glob("*.pid")) == []
+
+
+@pytest.mark.slow
 def test_a_second_up_on_the_same_home_is_refused(tmp_path: Path) -> None:
     with lambda_arch_up(tmp_path) as first:
         first.wait_until_up()

@@ -165,10 +165,11 @@ def test_the_day_complete_sensor_skips_before_any_day_is_complete(
 def test_the_nightly_schedule_recomputes_the_previous_day(
     speed_env: Settings, instance: DagsterInstance, scheduled: datetime, want: str | None
 ) -> None:
-    context = build_schedule_context(
+    # The S3 resource is a context manager: resources live inside the `with`.
+    with build_schedule_context(
         instance=instance, scheduled_execution_time=scheduled, resources=build_resources()
-    )
-    result = nightly_batch_schedule(context)
+    ) as context:
+        result = nightly_batch_schedule(context)
     if want is None:
         assert isinstance(result, SkipReason)
     else:

@@ -28,10 +28,6 @@ def fail(message: str) -> NoReturn:
     raise CliError(message)
 
 
-def not_built(layer: str) -> NoReturn:
-    fail(f"the {layer} is not built yet in this release")
-
-
 def settings() -> Settings:
     try:
         return load_settings()
@@ -207,8 +203,22 @@ def headless_run(current: Settings) -> None:
                 instance=instance, tags=tags, raise_on_error=False
             )
             _check_run(f"batch_job {first}..{last}", result)
+        # speed_job refreshed the store; batch runs change it again.
+        if days:
+            click.echo("serving layer: refreshing the store ...")
+            result = defs.resolve_job_def("serving_job").execute_in_process(
+                instance=instance, tags={"lambda_arch/reason": "cli-run"}, raise_on_error=False
+            )
+            _check_run("serving_job", result)
     seconds = (datetime.now(UTC) - started).total_seconds()
-    click.echo(f"done in {seconds:.1f} s (serving layer: not built yet in this release)")
+    from lambda_arch.serving import ServingStore
+
+    for view, summary in ServingStore.from_settings(current).summary().items():
+        click.echo(
+            f"  {view}: batch watermark {summary['batch_watermark'] or '-'}, "
+            f"speed watermark {summary['speed_watermark'] or '-'}"
+        )
+    click.echo(f"done in {seconds:.1f} s")
 
 
 def _check_run(name: str, result: Any) -> None:
@@ -235,6 +245,51 @@ def _view_options(function: Any) -> Any:
     return function
 
 
+def _store(current: Settings) -> Any:
+    from lambda_arch.serving import ServingStore
+
+    return ServingStore.from_settings(current)
+
+
+def _answer(document: dict[str, Any], as_json: bool, table: Any) -> None:
+    """The exact JSON with --json, else a readable table."""
+    if as_json:
+        from lambda_arch.serving import dumps
+
+        click.echo(dumps(document))
+    else:
+        click.echo(table(document))
+
+
+def _header_lines(document: dict[str, Any]) -> list[str]:
+    return [
+        f"{document['country'] or 'all countries'}, {document['window_minutes']} min "
+        f"before {document['as_of']}",
+        f"batch watermark {document['batch_watermark'] or '-'}, "
+        f"speed watermark {document['speed_watermark'] or '-'}",
+    ]
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> list[str]:
+    if not rows:
+        return [empty]
+    cells = [[str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return out
+
+
+def _serving_call(call: Any) -> dict[str, Any]:
+    from lambda_arch.serving import ServingError
+
+    try:
+        return call()
+    except ServingError as error:
+        fail(str(error))
+
+
 @cli.command()
 @_view_options
 @click.option("--limit", type=click.IntRange(min=1, max=1000), default=10, show_default=True)
@@ -243,7 +298,17 @@ def trending(
     country: str | None, window: int, as_of: datetime | None, limit: int, as_json: bool
 ) -> None:
     """Titles ranked by plays in [as-of - window, as-of)."""
-    not_built("serving layer")
+    store = _store(settings())
+    document = _serving_call(
+        lambda: store.trending(country=country, as_of=as_of, window=window, limit=limit)
+    )
+    _answer(
+        document,
+        as_json,
+        lambda d: "\n".join(
+            [*_header_lines(d), *_table(d["titles"], ["rank", "title_id", "plays"], "no plays")]
+        ),
+    )
 
 
 @cli.command()
@@ -251,7 +316,14 @@ def trending(
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def discovery(country: str | None, window: int, as_of: datetime | None, as_json: bool) -> None:
     """Plays and share per discovery source in [as-of - window, as-of)."""
-    not_built("serving layer")
+    store = _store(settings())
+    document = _serving_call(lambda: store.discovery(country=country, as_of=as_of, window=window))
+    columns = ["discovery_source", "plays", "share"]
+    _answer(
+        document,
+        as_json,
+        lambda d: "\n".join([*_header_lines(d), *_table(d["sources"], columns, "no plays")]),
+    )
 
 
 @cli.command()
@@ -260,22 +332,91 @@ def discovery(country: str | None, window: int, as_of: datetime | None, as_json:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def sessions(member: int, title: int | None, as_json: bool) -> None:
     """Stitched viewing sessions of a member."""
-    not_built("serving layer")
+    store = _store(settings())
+    document = _serving_call(lambda: store.sessions(member_id=member, title_id=title))
+    columns = ["title_id", "session_start", "session_end", "events", "watched_ms"]
+    _answer(
+        document,
+        as_json,
+        lambda d: "\n".join(
+            [f"member {d['member_id']}", *_table(d["sessions"], columns, "no sessions")]
+        ),
+    )
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def status(as_json: bool) -> None:
     """Offsets and lag, watermarks, latest materializations, checks."""
-    not_built("status view (speed and batch layers)")
+    from lambda_arch.status import collect_status, render_status
+
+    current = settings()
+    document = collect_status(current)
+    document["dagster"] = _dagster_status(current)
+    _answer(document, as_json, render_status)
+
+
+def _dagster_status(current: Settings) -> dict[str, Any]:
+    """Latest materialization and check results per asset, from the home's Dagster instance."""
+    import os
+
+    dagster_yaml = current.dagster_home / "dagster.yaml"
+    if not dagster_yaml.exists():
+        return {"error": f"no Dagster instance in {current.dagster_home} yet"}
+    os.environ["DAGSTER_HOME"] = str(current.dagster_home)
+    from dagster import DagsterInstance
+
+    from lambda_arch.definitions import defs
+
+    assets: dict[str, Any] = {}
+    checks: dict[str, Any] = {}
+    graph = defs.resolve_asset_graph()
+    with DagsterInstance.get() as instance:
+        for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
+            event = instance.get_latest_materialization_event(key)
+            assets[key.to_user_string()] = (
+                None
+                if event is None
+                else {
+                    "at": datetime.fromtimestamp(event.timestamp, UTC).isoformat(),
+                    "run_id": event.run_id,
+                    "partition": event.dagster_event.partition if event.dagster_event else None,
+                }
+            )
+        check_keys = list(graph.asset_check_keys)
+        records = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
+        for check_key in check_keys:
+            record = records.get(check_key)
+            name = f"{check_key.asset_key.to_user_string()}:{check_key.name}"
+            evaluation = record.evaluation if record is not None else None
+            checks[name] = (
+                None
+                if record is None
+                else {
+                    "status": record.status.value,
+                    "passed": evaluation.passed if evaluation is not None else None,
+                    "severity": evaluation.severity.value if evaluation is not None else None,
+                    "at": datetime.fromtimestamp(record.create_timestamp, UTC).isoformat(),
+                }
+            )
+    return {"assets": assets, "checks": checks}
 
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 def serve(host: str, port: int) -> None:
-    """The HTTP API."""
-    not_built("HTTP API (serving layer)")
+    """The HTTP API (OpenAPI page at /docs)."""
+    from lambda_arch.api import run_server
+    from lambda_arch.broker import port_in_use
+
+    current = settings()
+    if port_in_use(port, host):
+        fail(f"{host}:{port} is already in use: choose another --port")
+    click.echo(
+        f"serving {current.home / 'serving'} on http://{host}:{port} (docs: /docs)", err=True
+    )
+    run_server(_store(current), host, port)
 
 
 def _one_line(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -84,22 +85,43 @@ def test_usage_errors_are_one_line(
 
 
 @pytest.mark.parametrize(
-    ("args", "layer"),
+    ("args", "key", "empty"),
     [
-        (["trending"], "serving layer"),
-        (["discovery", "--country", "BR"], "serving layer"),
-        (["sessions", "--member", "7"], "serving layer"),
-        (["status", "--json"], "status view"),
-        (["serve"], "HTTP API"),
+        (["trending", "--as-of", "2026-03-01T12:00:30Z"], "titles", []),
+        (["discovery", "--country", "BR", "--window", "5"], "sources", []),
+        (["sessions", "--member", "7"], "sessions", []),
     ],
 )
-def test_commands_of_unbuilt_layers_say_so(
-    args: list[str], layer: str, capsys: pytest.CaptureFixture[str]
+def test_queries_on_a_new_home_answer_empty_json(
+    args: list[str],
+    key: str,
+    empty: list,
+    env_home: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0
-    assert layer in err and "not built yet" in err
+    assert main([*args, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document[key] == empty
+    assert document["batch_watermark"] is None and document["speed_watermark"] is None
+    if key == "titles":
+        assert document["as_of"] == "2026-03-01T12:00:00Z" and document["window_minutes"] == 60
+
+
+def test_queries_print_readable_tables(env_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trending", "--country", "US", "--as-of", "2026-03-01T12:00:00Z"]) == 0
+    out = capsys.readouterr().out
+    assert "US, 60 min before 2026-03-01T12:00:00Z" in out and "no plays" in out
+
+
+def test_status_without_a_broker_still_answers(
+    env_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")
+    assert main(["status", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert "no Kafka broker answered" in document["kafka"]["error"]
+    assert document["batch"]["missing_days"] == [] and "trending" in document["serving"]
+    assert "no Dagster instance" in document["dagster"]["error"]
 
 
 def test_console_script_usage_error_has_no_traceback() -> None:

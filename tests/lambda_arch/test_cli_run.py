@@ -71,6 +71,19 @@ def test_run_on_an_empty_topic_then_new_data_then_again(
     for row in rows:
         by_day[row.dt] = by_day.get(row.dt, 0) + row.plays
     assert by_day == {"2026-03-01": 48, "2026-03-02": 48}
+    # Served: batch up to the end of 2026-03-02, speed after it, for any past window.
+    assert "trending: batch watermark 2026-03-03T00:00:00Z" in out
+    assert main(["trending", "--as-of", "2026-03-03T02:00:00Z", "--window", "3000", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["batch_watermark"] == "2026-03-03T00:00:00Z"
+    assert answer["titles"] == [
+        {"rank": 1, "title_id": 0, "plays": 34},
+        {"rank": 2, "title_id": 1, "plays": 33},
+        {"rank": 3, "title_id": 2, "plays": 33},
+    ]
+    assert main(["sessions", "--member", "1", "--title", "1", "--json"]) == 0
+    sessions = json.loads(capsys.readouterr().out)["sessions"]
+    assert sessions and all(s["title_id"] == 1 and s["events"] == 1 for s in sessions)
 
     # Again: nothing new to read, nothing owed; every run is in the home's Dagster instance.
     assert main(["run"]) == 0
@@ -78,4 +91,4 @@ def test_run_on_an_empty_topic_then_new_data_then_again(
     assert "trending_speed: 0 events read" in out and "nothing owed" in out
     with DagsterInstance.from_config(str(run_env.dagster_home)) as instance:
         jobs = sorted(r.dagster_run.job_name for r in instance.get_run_records())
-    assert jobs == ["batch_job", "speed_job", "speed_job", "speed_job"]
+    assert jobs == ["batch_job", "serving_job", "speed_job", "speed_job", "speed_job"]

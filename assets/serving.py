@@ -1,0 +1,70 @@
+"""Serving layer assets (group `serving`): the store the CLI and the HTTP API answer from.
+
+Each asset is a short story: bring its view of the serving store up to date with the lake
+(`lambda_arch.serving.refresh_view`: changed batch days, new speed micro-batches, both
+watermarks, speed rows the batch now covers pruned) and report what changed. No Spark: a
+refresh reads Parquet with pyarrow, so it runs in a second or two and never waits for a JVM.
+"""
+
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+
+from lambda_arch import serving
+from lambda_arch.ranking import markdown_table
+from resources import LambdaArchSettings
+
+GROUP = "serving"
+KINDS = {"sqlite", "python"}
+TOP_WINDOW_MIN = 60
+
+
+def _top_10(store: serving.ServingStore, view: str) -> dict[str, object]:
+    """The answer a user gets right now (no --as-of), as a markdown table."""
+    if view == serving.TRENDING.name:
+        answer = store.trending(limit=10)
+        rows, columns = answer["titles"], ["rank", "title_id", "plays"]
+    elif view == serving.DISCOVERY.name:
+        answer = store.discovery()
+        rows, columns = answer["sources"], ["discovery_source", "plays", "share"]
+    else:
+        return {}
+    title = f"As of {answer['as_of']}, last {answer['window_minutes']} minutes, all countries\n\n"
+    return {"top_10": MetadataValue.md(title + markdown_table(rows, columns))}
+
+
+def _serving_asset(spec: serving.ViewSpec, description: str):
+    @asset(
+        name=f"{spec.name}_serving",
+        group_name=GROUP,
+        deps=[AssetKey(spec.speed_query), AssetKey(spec.batch_table)],
+        kinds=KINDS,
+        description=description,
+    )
+    def _asset(context: AssetExecutionContext, settings: LambdaArchSettings) -> MaterializeResult:
+        config = settings.get()
+        store = serving.ServingStore.from_settings(config)
+        report = serving.refresh_view(config, store, spec.name)
+        context.log.info(
+            f"{spec.name}: {len(report.batch_days_loaded)} batch day(s) loaded, "
+            f"{report.speed_batches_read} speed micro-batch(es) read, batch watermark "
+            f"{serving.iso(report.batch_watermark)}, speed watermark "
+            f"{serving.iso(report.speed_watermark)}"
+        )
+        return MaterializeResult(metadata={**report.metadata(), **_top_10(store, spec.name)})
+
+    return _asset
+
+
+trending_serving = _serving_asset(
+    serving.TRENDING,
+    "Trending titles as served: batch counts before the batch watermark, speed counts after.",
+)
+discovery_serving = _serving_asset(
+    serving.DISCOVERY,
+    "Plays and share per discovery source as served: batch before the watermark, speed after.",
+)
+sessions_serving = _serving_asset(
+    serving.SESSIONS,
+    "Viewing sessions as served: batch sessions ending before the batch watermark, speed after.",
+)
+
+SERVING_ASSETS = [trending_serving, discovery_serving, sessions_serving]

@@ -1,0 +1,747 @@
+"""The serving layer: batch results before the batch watermark, speed results after it.
+
+CONTRACT section 3: an answer for the window [T-W, T) takes the batch layer's per-minute counts
+for the minutes before the batch watermark (end of the last contiguous recomputed day) and the
+speed layer's for the minutes from it on. Sessions are split the same way by session_end (the
+batch layer owns a session by the day of its last event, see `lambda_arch.batch`).
+
+The store is one SQLite file (`$LAMBDA_ARCH_HOME/serving/serving.sqlite3`, WAL mode): readers in
+any number of processes (CLI, HTTP API) see a consistent snapshot while a refresh writes, each
+answer is one indexed range scan, and the file needs no server. It holds:
+- `<view>_batch`: every computed batch day of the view (all history: as-of queries for any past
+  window read it, after the speed layer has been pruned);
+- `<view>_speed`: the speed layer's rows at or after the batch watermark (older ones are pruned
+  once the batch covers them);
+- `batch_days`, `views`: which batch day version and which speed micro-batch each view holds,
+  and both watermarks.
+
+A refresh (`refresh_view`) reads the lake with pyarrow, no Spark: batch days whose state
+changed since the store loaded them (recomputed days, late data), and the speed micro-batches
+committed since the last refresh (a micro-batch is read only once Spark's commit log has it, so
+a half-written retry is never ingested). It is incremental: its cost follows what changed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from lambda_arch import batch, speed
+from lambda_arch.config import Settings
+from lambda_arch.lake import Lake, _pyarrow_uri
+from lambda_arch.schema import COUNTRIES
+
+STORE_FILE = "serving.sqlite3"
+DEFAULT_WINDOW_MIN = 60
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 1000
+# A year of minutes: longer windows are almost surely a typo (and a full scan).
+MAX_WINDOW_MIN = 366 * 24 * 60
+_MICROS = 1_000_000
+
+
+class ServingError(ValueError):
+    """A query parameter the serving layer cannot answer for (bad country, window, time)."""
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How one serving view maps onto the two layers."""
+
+    name: str
+    speed_query: str
+    batch_table: str
+    key: str | None  # the ranked column of a count view; None for sessions
+    time_column: str  # the column the merge splits at the batch watermark
+
+    @property
+    def batch_store(self) -> str:
+        return f"{self.name}_batch"
+
+    @property
+    def speed_store(self) -> str:
+        return f"{self.name}_speed"
+
+
+TRENDING = ViewSpec("trending", speed.TRENDING, batch.TRENDING_TABLE, "title_id", "minute")
+DISCOVERY = ViewSpec(
+    "discovery", speed.DISCOVERY, batch.DISCOVERY_TABLE, "discovery_source", "minute"
+)
+SESSIONS = ViewSpec("sessions", speed.SESSIONS, batch.SESSIONS_TABLE, None, "session_end")
+VIEWS: dict[str, ViewSpec] = {spec.name: spec for spec in (TRENDING, DISCOVERY, SESSIONS)}
+
+_COUNT_COLUMNS = (
+    "minute INTEGER NOT NULL, country TEXT NOT NULL, {key} NOT NULL, plays INTEGER NOT NULL"
+)
+_SESSION_COLUMNS = (
+    "member_id INTEGER NOT NULL, title_id INTEGER NOT NULL, session_start INTEGER NOT NULL, "
+    "session_end INTEGER NOT NULL, events INTEGER NOT NULL, watched_ms INTEGER NOT NULL"
+)
+# Times are integers: minutes as epoch seconds, session times as epoch microseconds.
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS trending_batch (dt TEXT NOT NULL,
+    {_COUNT_COLUMNS.format(key="title_id INTEGER")},
+    PRIMARY KEY (minute, country, title_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS trending_batch_dt ON trending_batch (dt);
+CREATE TABLE IF NOT EXISTS trending_speed ({_COUNT_COLUMNS.format(key="title_id INTEGER")},
+    PRIMARY KEY (minute, country, title_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS discovery_batch (dt TEXT NOT NULL,
+    {_COUNT_COLUMNS.format(key="discovery_source TEXT")},
+    PRIMARY KEY (minute, country, discovery_source)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS discovery_batch_dt ON discovery_batch (dt);
+CREATE TABLE IF NOT EXISTS discovery_speed ({_COUNT_COLUMNS.format(key="discovery_source TEXT")},
+    PRIMARY KEY (minute, country, discovery_source)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions_batch (dt TEXT NOT NULL, {_SESSION_COLUMNS});
+CREATE INDEX IF NOT EXISTS sessions_batch_member ON sessions_batch (member_id, session_start);
+CREATE INDEX IF NOT EXISTS sessions_batch_dt ON sessions_batch (dt);
+CREATE TABLE IF NOT EXISTS sessions_speed ({_SESSION_COLUMNS});
+CREATE INDEX IF NOT EXISTS sessions_speed_member ON sessions_speed (member_id, session_start);
+CREATE INDEX IF NOT EXISTS sessions_speed_end ON sessions_speed (session_end);
+CREATE TABLE IF NOT EXISTS batch_days (view TEXT NOT NULL, dt TEXT NOT NULL,
+    computed_at TEXT NOT NULL, rows INTEGER NOT NULL, PRIMARY KEY (view, dt)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS views (view TEXT PRIMARY KEY, batch_watermark INTEGER,
+    speed_watermark INTEGER, speed_last_batch INTEGER NOT NULL DEFAULT -1,
+    refreshed_at TEXT) WITHOUT ROWID;
+"""
+
+
+# Times --------------------------------------------------------------------------------------
+
+
+def iso(moment: datetime | None) -> str | None:
+    """UTC ISO-8601 with Z: seconds for whole seconds, else milliseconds or microseconds."""
+    if moment is None:
+        return None
+    moment = moment.astimezone(UTC)
+    spec = "seconds"
+    if moment.microsecond:
+        spec = "milliseconds" if moment.microsecond % 1000 == 0 else "microseconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    """An ISO-8601 time with offset or Z as an aware UTC datetime; ServingError otherwise."""
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ServingError(
+            f"{text!r} is not an ISO-8601 time such as 2026-03-01T12:00:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        raise ServingError(f"{text!r} has no UTC offset: add Z or +HH:MM")
+    return parsed.astimezone(UTC)
+
+
+def check_country(country: str | None) -> str | None:
+    if country is not None and country not in COUNTRIES:
+        raise ServingError(f"{country!r} is not an upper-case ISO 3166-1 alpha-2 country code")
+    return country
+
+
+def check_window(minutes: int) -> int:
+    if not 1 <= minutes <= MAX_WINDOW_MIN:
+        raise ServingError(f"window must be a whole number of minutes from 1 to {MAX_WINDOW_MIN}")
+    return minutes
+
+
+def check_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ServingError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return limit
+
+
+def _seconds(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _from_seconds(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _from_micros(value: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
+
+
+# The merge ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which layer answers which part of a window [start, end) (epoch seconds, half-open):
+    batch for [batch_from, batch_to), speed for [speed_from, speed_to); an empty range has
+    from >= to."""
+
+    batch_from: int
+    batch_to: int
+    speed_from: int
+    speed_to: int
+
+
+def split_window(start: datetime, end: datetime, batch_watermark: datetime | None) -> Split:
+    """CONTRACT section 3: batch before the batch watermark, speed from it on."""
+    first, last = _seconds(start), _seconds(end)
+    if batch_watermark is None:
+        return Split(first, first, first, last)
+    cut = min(max(_seconds(batch_watermark), first), last)
+    return Split(first, cut, cut, last)
+
+
+def window_of(as_of: datetime, minutes: int) -> tuple[datetime, datetime]:
+    """[T - W, T) with T cut down to the whole minute."""
+    end = as_of.astimezone(UTC).replace(second=0, microsecond=0)
+    return end - timedelta(minutes=minutes), end
+
+
+def contiguous_watermark(first_day: date | None, computed: Iterable[date]) -> datetime | None:
+    """End of the last day of the unbroken run of computed days from `first_day`."""
+    if first_day is None:
+        return None
+    done, last = set(computed), None
+    day = first_day
+    while day in done:
+        last, day = day, day + timedelta(days=1)
+    return batch.day_end(last) if last else None
+
+
+# The store ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ViewState:
+    view: str
+    batch_watermark: datetime | None
+    speed_watermark: datetime | None
+    speed_last_batch: int
+    refreshed_at: str | None
+
+
+class ServingStore:
+    """The SQLite file of the serving layer; safe to share between threads and processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServingStore:
+        return cls(settings.home / "serving" / STORE_FILE)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def _connection(self) -> sqlite3.Connection:
+        """One connection per thread (sqlite3 connections are not shared across threads)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.executescript(_SCHEMA)
+            self._local.connection = connection
+        return connection
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every statement inside sees the same committed state."""
+        connection = self._connection()
+        connection.execute("BEGIN")
+        try:
+            yield connection
+        finally:
+            connection.execute("COMMIT")
+
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (readers keep their snapshot until it commits)."""
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    # State -----------------------------------------------------------------------------------
+
+    def view_state(self, view: str, connection: sqlite3.Connection | None = None) -> ViewState:
+        connection = connection or self._connection()
+        row = connection.execute(
+            "SELECT batch_watermark, speed_watermark, speed_last_batch, refreshed_at "
+            "FROM views WHERE view = ?",
+            (view,),
+        ).fetchone()
+        if row is None:
+            return ViewState(view, None, None, -1, None)
+        return ViewState(view, _from_seconds(row[0]), _from_seconds(row[1]), row[2], row[3])
+
+    def batch_days(self, view: str) -> dict[str, str]:
+        rows = self._connection().execute(
+            "SELECT dt, computed_at FROM batch_days WHERE view = ?", (view,)
+        )
+        return dict(rows.fetchall())
+
+    def row_counts(self, view: str) -> dict[str, int]:
+        spec = VIEWS[view]
+        connection = self._connection()
+        return {
+            table: connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in (spec.batch_store, spec.speed_store)
+        }
+
+    # Answers ---------------------------------------------------------------------------------
+
+    def _as_of(self, state: ViewState, as_of: datetime | None) -> datetime:
+        """T: the given time, else the speed watermark, else the batch watermark, else now."""
+        return as_of or state.speed_watermark or state.batch_watermark or datetime.now(UTC)
+
+    def _header(
+        self, state: ViewState, country: str | None, end: datetime, minutes: int
+    ) -> dict[str, Any]:
+        return {
+            "country": country,
+            "as_of": iso(end),
+            "window_minutes": minutes,
+            "batch_watermark": iso(state.batch_watermark),
+            "speed_watermark": iso(state.speed_watermark),
+        }
+
+    def _ranked(
+        self,
+        connection: sqlite3.Connection,
+        spec: ViewSpec,
+        split: Split,
+        country: str | None,
+        limit: int | None,
+    ) -> list[tuple[Any, int]]:
+        where = "minute >= ? AND minute < ?" + (" AND country = ?" if country else "")
+        extra = (country,) if country else ()
+        key = spec.key
+        sql = (
+            f"SELECT {key}, SUM(plays) AS total FROM ("
+            f"SELECT {key}, plays FROM {spec.batch_store} WHERE {where} "
+            f"UNION ALL SELECT {key}, plays FROM {spec.speed_store} WHERE {where}) "
+            f"GROUP BY {key} HAVING total > 0 ORDER BY total DESC, {key} ASC"
+        )
+        params: tuple[Any, ...] = (
+            split.batch_from,
+            split.batch_to,
+            *extra,
+            split.speed_from,
+            split.speed_to,
+            *extra,
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (limit,)
+        return connection.execute(sql, params).fetchall()
+
+    def trending(
+        self,
+        *,
+        country: str | None = None,
+        as_of: datetime | None = None,
+        window: int = DEFAULT_WINDOW_MIN,
+        limit: int = DEFAULT_LIMIT,
+    ) -> dict[str, Any]:
+        """CONTRACT section 6 trending JSON for (country, as-of, window, limit)."""
+        check_country(country), check_window(window), check_limit(limit)
+        with self.snapshot() as connection:
+            state = self.view_state(TRENDING.name, connection)
+            start, end = window_of(self._as_of(state, as_of), window)
+            split = split_window(start, end, state.batch_watermark)
+            rows = self._ranked(connection, TRENDING, split, country, limit)
+        titles = [
+            {"rank": rank, "title_id": int(title), "plays": int(plays)}
+            for rank, (title, plays) in enumerate(rows, start=1)
+        ]
+        return {**self._header(state, country, end, window), "titles": titles}
+
+    def discovery(
+        self,
+        *,
+        country: str | None = None,
+        as_of: datetime | None = None,
+        window: int = DEFAULT_WINDOW_MIN,
+    ) -> dict[str, Any]:
+        """CONTRACT section 6 discovery JSON: plays and share (4 decimals) per source."""
+        check_country(country), check_window(window)
+        with self.snapshot() as connection:
+            state = self.view_state(DISCOVERY.name, connection)
+            start, end = window_of(self._as_of(state, as_of), window)
+            split = split_window(start, end, state.batch_watermark)
+            rows = self._ranked(connection, DISCOVERY, split, country, None)
+        total = sum(int(plays) for _, plays in rows)
+        sources = [
+            {
+                "discovery_source": source,
+                "plays": int(plays),
+                "share": round(int(plays) / total, 4),
+            }
+            for source, plays in rows
+        ]
+        return {**self._header(state, country, end, window), "sources": sources}
+
+    def sessions(self, *, member_id: int, title_id: int | None = None) -> dict[str, Any]:
+        """A member's sessions ordered by session_start: batch ones that end before the batch
+        watermark, speed ones that end at or after it."""
+        if member_id < 0 or (title_id is not None and title_id < 0):
+            raise ServingError("member_id and title_id must be whole numbers >= 0")
+        title_filter = " AND title_id = ?" if title_id is not None else ""
+        extra = (title_id,) if title_id is not None else ()
+        with self.snapshot() as connection:
+            state = self.view_state(SESSIONS.name, connection)
+            cut = (
+                int(state.batch_watermark.timestamp()) * _MICROS if state.batch_watermark else None
+            )
+            columns = "title_id, session_start, session_end, events, watched_ms"
+            batch_rows = connection.execute(
+                f"SELECT {columns} FROM sessions_batch WHERE member_id = ?{title_filter} "
+                "AND session_end < ?",
+                (member_id, *extra, cut if cut is not None else -(2**62)),
+            ).fetchall()
+            speed_rows = connection.execute(
+                f"SELECT {columns} FROM sessions_speed WHERE member_id = ?{title_filter} "
+                "AND session_end >= ?",
+                (member_id, *extra, cut if cut is not None else -(2**62)),
+            ).fetchall()
+        rows = sorted([*batch_rows, *speed_rows], key=lambda r: (r[1], r[0], r[2]))
+        return {
+            "member_id": member_id,
+            "batch_watermark": iso(state.batch_watermark),
+            "speed_watermark": iso(state.speed_watermark),
+            "sessions": [
+                {
+                    "title_id": int(title),
+                    "session_start": iso(_from_micros(start)),
+                    "session_end": iso(_from_micros(end)),
+                    "events": int(events),
+                    "watched_ms": int(watched),
+                }
+                for title, start, end, events, watched in rows
+            ],
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Per view: watermarks, rows held by each layer, batch days, last refresh."""
+        result: dict[str, Any] = {}
+        for name in VIEWS:
+            state = self.view_state(name)
+            days = sorted(self.batch_days(name))
+            result[name] = {
+                "batch_watermark": iso(state.batch_watermark),
+                "speed_watermark": iso(state.speed_watermark),
+                "batch_days": len(days),
+                "first_batch_day": days[0] if days else None,
+                "last_batch_day": days[-1] if days else None,
+                "speed_last_micro_batch": state.speed_last_batch,
+                "rows": self.row_counts(name),
+                "refreshed_at": state.refreshed_at,
+            }
+        return result
+
+
+# Refresh: lake -> store ---------------------------------------------------------------------
+
+
+@dataclass
+class RefreshReport:
+    """What one refresh of a view did (Dagster metadata: plain numbers)."""
+
+    view: str
+    batch_days_loaded: list[str] = field(default_factory=list)
+    batch_days_dropped: list[str] = field(default_factory=list)
+    batch_rows_loaded: int = 0
+    speed_batches_read: int = 0
+    speed_rows_read: int = 0
+    speed_rows_pruned: int = 0
+    speed_rebuilt: bool = False
+    batch_watermark: datetime | None = None
+    speed_watermark: datetime | None = None
+    duration_s: float = 0.0
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        metadata: dict[str, Any] = {
+            "batch_days_loaded": len(self.batch_days_loaded),
+            "batch_rows_loaded": self.batch_rows_loaded,
+            "speed_micro_batches_read": self.speed_batches_read,
+            "speed_rows_read": self.speed_rows_read,
+            "speed_rows_pruned": self.speed_rows_pruned,
+            "duration_s": round(self.duration_s, 3),
+            "batch_watermark": iso(self.batch_watermark) or "",
+            "speed_watermark": iso(self.speed_watermark) or "",
+            **{f"rows_{table}": count for table, count in self.rows.items()},
+        }
+        if self.batch_days_loaded:
+            metadata["batch_days"] = ", ".join(self.batch_days_loaded)
+        if self.speed_watermark is not None:
+            metadata["speed_watermark_lag_s"] = round(
+                (now - self.speed_watermark).total_seconds(), 1
+            )
+        if self.batch_watermark is not None:
+            metadata["batch_watermark_lag_h"] = round(
+                (now - self.batch_watermark).total_seconds() / 3600, 2
+            )
+        return metadata
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), uri
+    return pafs.FileSystem.from_uri(_pyarrow_uri(uri))
+
+
+def computed_batch_days(lake: Lake, table: str) -> dict[date, str]:
+    """Days the batch layer has computed for `table`, with when (its state files)."""
+    filesystem, base = pafs.FileSystem.from_uri(lake.location("_batch_state"))
+    infos = filesystem.get_file_info(pafs.FileSelector(f"{base}/{table}", allow_not_found=True))
+    days: dict[date, str] = {}
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.base_name.endswith(".json"):
+            continue
+        try:
+            day = date.fromisoformat(info.base_name.removesuffix(".json"))
+        except ValueError:
+            continue
+        state = batch.read_day_state(lake, table, day)
+        if state is not None:
+            days[day] = str(state.get("computed_at"))
+    return days
+
+
+def committed_batches(settings: Settings, query: str) -> list[int]:
+    """Micro-batch ids in the query's commit log: their output is complete."""
+    commits = Path(speed.checkpoint_of(settings, query)) / "commits"
+    if not commits.is_dir():
+        return []
+    return sorted(int(p.name) for p in commits.iterdir() if p.name.isdigit())
+
+
+def _read_parquet(uri: str, columns: Sequence[str]) -> pa.Table | None:
+    """The Parquet files of a folder (hidden ones skipped, as Spark does); None if absent."""
+    filesystem, path = _filesystem(uri)
+    if filesystem.get_file_info(path).type != pafs.FileType.Directory:
+        return None
+    dataset = pads.dataset(path, filesystem=filesystem, format="parquet")
+    if dataset.schema.names == [] or not dataset.files:
+        return None
+    return dataset.to_table(columns=list(columns))
+
+
+def _epoch(column: pa.ChunkedArray, unit: str) -> list[int]:
+    """A timestamp column (Spark writes INT96 or micros) as epoch integers in `unit`."""
+    micros = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
+    if unit == "s":
+        micros = pc.divide(micros, _MICROS)
+    return micros.to_pylist()
+
+
+def _store_rows(spec: ViewSpec, table: pa.Table) -> list[tuple[Any, ...]]:
+    """Arrow rows of a view as store tuples (without dt), times as integers."""
+    if spec is SESSIONS:
+        return list(
+            zip(
+                table.column("member_id").to_pylist(),
+                table.column("title_id").to_pylist(),
+                _epoch(table.column("session_start"), "us"),
+                _epoch(table.column("session_end"), "us"),
+                table.column("events").to_pylist(),
+                table.column("watched_ms").to_pylist(),
+                strict=True,
+            )
+        )
+    return list(
+        zip(
+            _epoch(table.column("minute"), "s"),
+            table.column("country").to_pylist(),
+            table.column(spec.key).to_pylist(),
+            table.column("plays").to_pylist(),
+            strict=True,
+        )
+    )
+
+
+def _columns(spec: ViewSpec) -> tuple[str, ...]:
+    return batch.TABLE_COLUMNS[spec.batch_table]
+
+
+def _cut_value(spec: ViewSpec, watermark: datetime | None) -> int | None:
+    """The batch watermark in the unit of the view's time column in the store."""
+    if watermark is None:
+        return None
+    seconds = int(watermark.timestamp())
+    return seconds * _MICROS if spec is SESSIONS else seconds
+
+
+def _time_index(spec: ViewSpec) -> int:
+    return 3 if spec is SESSIONS else 0  # position of the split column in _store_rows tuples
+
+
+def _insert_speed(
+    connection: sqlite3.Connection, spec: ViewSpec, rows: list[tuple[Any, ...]]
+) -> None:
+    if spec is SESSIONS:
+        connection.executemany("INSERT INTO sessions_speed VALUES (?, ?, ?, ?, ?, ?)", rows)
+        return
+    # Deltas of several micro-batches add up per bucket.
+    connection.executemany(
+        f"INSERT INTO {spec.speed_store} VALUES (?, ?, ?, ?) "
+        f"ON CONFLICT DO UPDATE SET plays = plays + excluded.plays",
+        rows,
+    )
+
+
+def refresh_view(
+    settings: Settings, store: ServingStore, view: str, lake: Lake | None = None
+) -> RefreshReport:
+    """Bring one view of the store up to date with the lake: changed batch days, new speed
+    micro-batches, the batch watermark (pruning speed rows it covers) and the speed watermark.
+    """
+    started = time.monotonic()
+    spec = VIEWS[view]
+    lake = lake or Lake.from_settings(settings)
+    paths = speed.SpeedPaths.from_settings(settings)
+    report = RefreshReport(view)
+
+    computed = computed_batch_days(lake, spec.batch_table)
+    first_landed = batch.first_landed_day(lake)
+    first_day = max(settings.start_date, first_landed) if first_landed else None
+    batch_watermark = contiguous_watermark(first_day, computed)
+    speed_state = speed.read_speed_state(paths, spec.speed_query) or {}
+    speed_watermark = parse_iso(speed_state["watermark"]) if speed_state.get("watermark") else None
+
+    held = store.batch_days(view)
+    changed = sorted(d for d, at in computed.items() if held.get(d.isoformat()) != at)
+    dropped = sorted(set(held) - {d.isoformat() for d in computed})
+    loaded: dict[str, tuple[str, list[tuple[Any, ...]]]] = {}
+    for day in changed:
+        table = _read_parquet(
+            f"{lake.location(spec.batch_table)}/dt={day.isoformat()}", _columns(spec)
+        )
+        rows = _store_rows(spec, table) if table is not None else []
+        loaded[day.isoformat()] = (computed[day], rows)
+
+    previous = store.view_state(view)
+    committed = committed_batches(settings, spec.speed_query)
+    # A checkpoint that restarted (fewer batches than ingested), or a batch watermark that
+    # moved back (a day lost its state), needs speed rows the store has pruned: rebuild.
+    rebuild = (committed and committed[-1] < previous.speed_last_batch) or (
+        previous.batch_watermark is not None
+        and (batch_watermark is None or batch_watermark < previous.batch_watermark)
+    )
+    rebuild = bool(rebuild) or (not committed and previous.speed_last_batch >= 0)
+    after = -1 if rebuild else previous.speed_last_batch
+    new_batches = [b for b in committed if b > after]
+    cut = _cut_value(spec, batch_watermark)
+    position = _time_index(spec)
+    speed_rows: list[tuple[Any, ...]] = []
+    for batch_id in new_batches:
+        table = _read_parquet(
+            f"{paths.table(spec.speed_query)}/batch_id={batch_id}", _columns(spec)
+        )
+        if table is None:
+            continue
+        rows = _store_rows(spec, table)
+        report.speed_rows_read += len(rows)
+        speed_rows += [r for r in rows if cut is None or r[position] >= cut]
+
+    with store.writing() as connection:
+        for dt in dropped:
+            connection.execute(f"DELETE FROM {spec.batch_store} WHERE dt = ?", (dt,))
+            connection.execute("DELETE FROM batch_days WHERE view = ? AND dt = ?", (view, dt))
+        placeholders = ", ".join("?" * (len(_columns(spec)) + 1))
+        for dt, (computed_at, rows) in loaded.items():
+            connection.execute(f"DELETE FROM {spec.batch_store} WHERE dt = ?", (dt,))
+            connection.executemany(
+                f"INSERT INTO {spec.batch_store} VALUES ({placeholders})",
+                [(dt, *row) for row in rows],
+            )
+            connection.execute(
+                "INSERT OR REPLACE INTO batch_days VALUES (?, ?, ?, ?)",
+                (view, dt, computed_at, len(rows)),
+            )
+            report.batch_rows_loaded += len(rows)
+        if rebuild:
+            connection.execute(f"DELETE FROM {spec.speed_store}")
+        _insert_speed(connection, spec, speed_rows)
+        if cut is not None:
+            report.speed_rows_pruned = connection.execute(
+                f"DELETE FROM {spec.speed_store} WHERE {spec.time_column} < ?", (cut,)
+            ).rowcount
+        connection.execute(
+            "INSERT OR REPLACE INTO views VALUES (?, ?, ?, ?, ?)",
+            (
+                view,
+                _seconds(batch_watermark) if batch_watermark else None,
+                _seconds(speed_watermark) if speed_watermark else None,
+                max(committed[-1] if committed else -1, -1),
+                iso(datetime.now(UTC)),
+            ),
+        )
+    report.batch_days_loaded = list(loaded)
+    report.batch_days_dropped = dropped
+    report.speed_batches_read = len(new_batches)
+    report.speed_rebuilt = rebuild
+    report.batch_watermark = batch_watermark
+    report.speed_watermark = speed_watermark
+    report.rows = store.row_counts(view)
+    report.duration_s = time.monotonic() - started
+    return report
+
+
+def refresh_all(settings: Settings, store: ServingStore | None = None) -> list[RefreshReport]:
+    """refresh_view for every view."""
+    store = store or ServingStore.from_settings(settings)
+    lake = Lake.from_settings(settings)
+    return [refresh_view(settings, store, view, lake) for view in VIEWS]
+
+
+def pending_views(settings: Settings, store: ServingStore | None = None) -> dict[str, str]:
+    """Views whose store lags the lake, with why: a batch day computed or recomputed since the
+    store loaded it, or speed micro-batches committed since the last refresh. Cheap: listings
+    and small state files only."""
+    store = store or ServingStore.from_settings(settings)
+    lake = Lake.from_settings(settings)
+    pending: dict[str, str] = {}
+    for name, spec in VIEWS.items():
+        held = store.batch_days(name)
+        computed = computed_batch_days(lake, spec.batch_table)
+        changed = sorted(
+            d.isoformat() for d, at in computed.items() if held.get(d.isoformat()) != at
+        )
+        committed = committed_batches(settings, spec.speed_query)
+        last = store.view_state(name).speed_last_batch
+        if changed:
+            pending[name] = f"batch days {', '.join(changed[:5])}" + (
+                f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            )
+        elif committed and committed[-1] != last:
+            pending[name] = f"speed micro-batches {last + 1}..{committed[-1]}"
+    return pending
+
+
+def dumps(document: dict[str, Any]) -> str:
+    """The JSON of an answer, as the CLI prints it and the HTTP API sends it."""
+    return json.dumps(document, separators=(", ", ": "))

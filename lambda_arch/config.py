@@ -10,7 +10,7 @@ import re
 from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +33,7 @@ EXPECTED: dict[str, str] = {
     "LAMBDA_ARCH_ALLOWED_LATENESS_MIN": "a whole number of minutes >= 0",
     "LAMBDA_ARCH_MAX_EVENTS_PER_BATCH": "a whole number >= 1",
     "LAMBDA_ARCH_ALERT_WEBHOOK": "an http:// or https:// URL",
+    "LAMBDA_ARCH_ALERT_MIN_SEVERITY": "WARN or ERROR",
     "LAMBDA_ARCH_BROKER_PORT": "a TCP port number from 1 to 65535",
     "LAMBDA_ARCH_BROKER_STORAGE": "memory or an s3://BUCKET/ URI",
     "LAMBDA_ARCH_DAGSTER_PORT": "a TCP port number from 1 to 65535",
@@ -40,6 +41,10 @@ EXPECTED: dict[str, str] = {
     "LAMBDA_ARCH_TOPIC_PARTITIONS": "a whole number from 1 to 1024",
     "LAMBDA_ARCH_MAX_CONCURRENT_RUNS": "a whole number >= 1",
     "LAMBDA_ARCH_MAX_SPARK_RUNS": "a whole number >= 1",
+    "LAMBDA_ARCH_QUARANTINE_WARN_RATIO": "a ratio from 0 to 1, e.g. 0.01",
+    "LAMBDA_ARCH_QUARANTINE_ERROR_RATIO": "a ratio from 0 to 1, e.g. 0.05",
+    "LAMBDA_ARCH_SPEED_FRESHNESS_MIN": "a whole number of minutes >= 1",
+    "LAMBDA_ARCH_QUALITY_MAX_ROWS": "a whole number >= 1",
 }
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -76,6 +81,10 @@ class Settings(BaseSettings):
         500_000, ge=1, validation_alias="LAMBDA_ARCH_MAX_EVENTS_PER_BATCH"
     )
     alert_webhook: str | None = Field(None, validation_alias="LAMBDA_ARCH_ALERT_WEBHOOK")
+    # Failed checks below this severity are not alerted on (failed runs always are).
+    alert_min_severity: Literal["WARN", "ERROR"] = Field(
+        "WARN", validation_alias="LAMBDA_ARCH_ALERT_MIN_SEVERITY"
+    )
     # A checkpoint behind the broker's earliest offset (retention, a restarted memory broker)
     # fails the speed runs; false makes them go on from the earliest offset and report the gap.
     fail_on_data_loss: bool = Field(True, validation_alias="LAMBDA_ARCH_FAIL_ON_DATA_LOSS")
@@ -88,6 +97,17 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(8, ge=1, le=1024, validation_alias="LAMBDA_ARCH_TOPIC_PARTITIONS")
     max_concurrent_runs: int = Field(4, ge=1, validation_alias="LAMBDA_ARCH_MAX_CONCURRENT_RUNS")
     max_spark_runs: int = Field(1, ge=1, validation_alias="LAMBDA_ARCH_MAX_SPARK_RUNS")
+    # Data quality (assets/checks.py): quarantined share of a landing run that warns / errs.
+    quarantine_warn_ratio: float = Field(
+        0.01, ge=0, le=1, validation_alias="LAMBDA_ARCH_QUARANTINE_WARN_RATIO"
+    )
+    quarantine_error_ratio: float = Field(
+        0.05, ge=0, le=1, validation_alias="LAMBDA_ARCH_QUARANTINE_ERROR_RATIO"
+    )
+    # A speed asset not updated for this long fails its freshness check (read at load time).
+    speed_freshness_min: int = Field(15, ge=1, validation_alias="LAMBDA_ARCH_SPEED_FRESHNESS_MIN")
+    # Most rows a Great Expectations check brings to the driver; larger scopes are sampled.
+    quality_max_rows: int = Field(200_000, ge=1, validation_alias="LAMBDA_ARCH_QUALITY_MAX_ROWS")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

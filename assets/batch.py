@@ -18,7 +18,7 @@ from dagster import (
     asset,
 )
 
-from assets.speed import RAW_ASSET, SPARK_TAGS
+from assets.speed import RAW_ASSET
 from lambda_arch import batch
 from lambda_arch.config import load_settings
 from lambda_arch.lake import Lake
@@ -26,12 +26,13 @@ from lambda_arch.ranking import markdown_table
 from resources import LambdaArchSettings, SparkResource
 
 GROUP = "batch"
+# Runs of batch assets: dagster.yaml limits them apart from speed runs (one tag value each).
+BATCH_TAGS = {"lambda_arch/spark": "batch"}
 KINDS = {"spark", "hive", "parquet"}
-# Partitions from LAMBDA_ARCH_START_DATE, read when the code location loads; a day becomes
-# a partition once it has begun (end_offset 1), the day-complete sensor decides when to run it.
-DAILY = DailyPartitionsDefinition(
-    start_date=load_settings().start_date.isoformat(), timezone="UTC", end_offset=1
-)
+# Partitions from LAMBDA_ARCH_START_DATE, read when the code location loads; a day becomes a
+# partition once it has ended (wall clock), so the time-partition freshness checks expect
+# yesterday, never the day still running. The day-complete sensor decides when to run it.
+DAILY = DailyPartitionsDefinition(start_date=load_settings().start_date.isoformat(), timezone="UTC")
 SINGLE_RUN = BackfillPolicy.single_run()
 
 
@@ -65,7 +66,7 @@ def _batch_asset(table: str, deps: list[AssetKey], description: str):
         partitions_def=DAILY,
         backfill_policy=SINGLE_RUN,
         pool="spark",
-        op_tags=SPARK_TAGS,
+        op_tags=BATCH_TAGS,
         description=description,
     )
     def _asset(

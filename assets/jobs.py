@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
-from assets.batch import BATCH_ASSETS, DAILY
+from assets.batch import BATCH_ASSETS, BATCH_TAGS, DAILY
 from assets.serving import SERVING_ASSETS
 from assets.speed import SPARK_TAGS, SPEED_ASSETS
 
@@ -38,6 +38,6 @@ batch_job = define_asset_job(
     selection=AssetSelection.assets(*BATCH_ASSETS),
     partitions_def=DAILY,
     executor_def=in_process_executor,
-    tags=SPARK_TAGS,
+    tags=BATCH_TAGS,
     description="Recompute daily partitions of the batch views from the lake's history.",
 )

@@ -79,11 +79,29 @@ def cli() -> None:
 @click.option(
     "--speedup", type=RATE, default=60.0, show_default=True, help="Event clock / wall clock."
 )
-def up(no_traffic: bool, rate: float, speedup: float) -> None:
+@click.option(
+    "--start",
+    type=IsoTime(),
+    default=None,
+    help="Event clock start. Default: 23:30 UTC yesterday (a day completes within minutes).",
+)
+@click.option(
+    "--burst-after",
+    type=click.FloatRange(min=0),
+    default=240.0,
+    show_default=True,
+    help="Seconds until one burst of malformed records (0: none).",
+)
+def up(
+    no_traffic: bool, rate: float, speedup: float, start: datetime | None, burst_after: float
+) -> None:
     """Run the embedded stack until SIGINT or SIGTERM: broker, Dagster webserver and daemon, traffic."""
-    from lambda_arch.stack import run_stack
+    from lambda_arch.stack import Traffic, demo_start, run_stack
 
-    run_stack(settings(), traffic_rate=None if no_traffic else rate, speedup=speedup)
+    traffic = Traffic(
+        rate=rate, speedup=speedup, start=start or demo_start(), burst_after_s=burst_after
+    )
+    run_stack(settings(), None if no_traffic else traffic)
 
 
 @cli.command()
@@ -168,7 +186,7 @@ def headless_run(current: Settings) -> None:
     os.environ["DAGSTER_HOME"] = str(current.dagster_home)
     if not (current.dagster_home / "dagster.yaml").exists():
         write_dagster_yaml(current)
-    from lambda_arch.definitions import defs
+    defs = _definitions()
 
     started = datetime.now(UTC)
     with DagsterInstance.get() as instance:
@@ -219,6 +237,17 @@ def headless_run(current: Settings) -> None:
             f"speed watermark {summary['speed_watermark'] or '-'}"
         )
     click.echo(f"done in {seconds:.1f} s")
+
+
+def _definitions() -> Any:
+    """The Definitions, without Dagster's beta and supersession warnings on the terminal (they
+    are about APIs the project chose knowingly; the UI and tests still show them)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from lambda_arch.definitions import defs
+    return defs
 
 
 def _check_run(name: str, result: Any) -> None:
@@ -366,7 +395,7 @@ def _dagster_status(current: Settings) -> dict[str, Any]:
     os.environ["DAGSTER_HOME"] = str(current.dagster_home)
     from dagster import DagsterInstance
 
-    from lambda_arch.definitions import defs
+    defs = _definitions()
 
     assets: dict[str, Any] = {}
     checks: dict[str, Any] = {}
@@ -388,14 +417,16 @@ def _dagster_status(current: Settings) -> dict[str, Any]:
         for check_key in check_keys:
             record = records.get(check_key)
             name = f"{check_key.asset_key.to_user_string()}:{check_key.name}"
+            # A planned (not yet finished) check has an event without passed or severity.
             evaluation = record.evaluation if record is not None else None
+            severity = getattr(evaluation, "severity", None)
             checks[name] = (
                 None
                 if record is None
                 else {
                     "status": record.status.value,
-                    "passed": evaluation.passed if evaluation is not None else None,
-                    "severity": evaluation.severity.value if evaluation is not None else None,
+                    "passed": getattr(evaluation, "passed", None),
+                    "severity": severity.value if severity is not None else None,
                     "at": datetime.fromtimestamp(record.create_timestamp, UTC).isoformat(),
                 }
             )

@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -45,6 +46,51 @@ from lambda_arch.spark_connect import ConnectServer
 SPARK_RUN_TAG = "lambda_arch/spark"
 WEBSERVER_TIMEOUT_S = 60.0
 POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The live synthetic traffic of `up`: a steady stream with a sped-up event clock (so days
+    complete and batch partitions appear within minutes), some duplicates, late and malformed
+    records, and one burst of malformed records after `burst_after_s` (a quarantine warning
+    the demo shows; 0 for none)."""
+
+    rate: float
+    speedup: float
+    start: datetime
+    duplicates: float = 0.02
+    late: float = 0.01
+    malformed: float = 0.002
+    burst_after_s: float = 0.0
+    burst_records: int = 400
+    burst_malformed: float = 0.5
+
+    def command(self) -> list[str]:
+        return [
+            *(sys.executable, "-m", "lambda_arch.cli", "produce", "--events", "0", "--quiet"),
+            *("--rate", f"{self.rate:g}", "--speedup", f"{self.speedup:g}"),
+            *("--start", self.start.isoformat()),
+            *("--duplicates", f"{self.duplicates:g}", "--late", f"{self.late:g}"),
+            *("--malformed", f"{self.malformed:g}"),
+        ]
+
+    def burst_command(self, at: datetime) -> list[str]:
+        """The burst: records whose event clock continues where the live traffic is."""
+        return [
+            *(sys.executable, "-m", "lambda_arch.cli", "produce", "--quiet"),
+            *("--events", str(self.burst_records), "--malformed", f"{self.burst_malformed:g}"),
+            *("--start", at.isoformat(), "--seed", "1"),
+        ]
+
+    def event_clock(self, elapsed_s: float) -> datetime:
+        return self.start + timedelta(seconds=elapsed_s * self.speedup)
+
+
+def demo_start(now: datetime | None = None) -> datetime:
+    """Where the demo's event clock starts: 23:30 UTC of the day before today, so that the first
+    day completes (and its batch partition appears) a minute or two after `up`."""
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    return datetime(today.year, today.month, today.day, tzinfo=UTC) - timedelta(minutes=30)
 
 
 @dataclass
@@ -89,9 +135,14 @@ def dagster_instance_config(settings: Settings) -> dict[str, Any]:
         "concurrency": {
             "runs": {
                 "max_concurrent_runs": settings.max_concurrent_runs,
-                # No value: the limit covers every run carrying the tag, whatever its value.
+                # Per value of the tag (speed, batch): a long batch run never holds the speed
+                # layer back, and two runs of one layer never queue behind each other's locks.
                 "tag_concurrency_limits": [
-                    {"key": SPARK_RUN_TAG, "limit": settings.max_spark_runs}
+                    {
+                        "key": SPARK_RUN_TAG,
+                        "value": {"applyLimitPerUniqueValue": True},
+                        "limit": settings.max_spark_runs,
+                    }
                 ],
             }
         },
@@ -298,7 +349,7 @@ def check_ports(settings: Settings) -> None:
         )
 
 
-def run_stack(settings: Settings, traffic_rate: float | None, speedup: float) -> None:
+def run_stack(settings: Settings, traffic: Traffic | None) -> None:
     """Run the stack until SIGINT/SIGTERM (return) or a child's death (raise ServiceError)."""
     for folder in (settings.home, settings.dagster_home, settings.logs_dir, settings.run_dir):
         folder.mkdir(parents=True, exist_ok=True)
@@ -343,19 +394,18 @@ def run_stack(settings: Settings, traffic_rate: float | None, speedup: float) ->
             services,
             cwd=workspace.parent,
         )
-        if traffic_rate is not None:
-            start_service(
-                "traffic",
-                [
-                    *(sys.executable, "-m", "lambda_arch.cli", "produce", "--events", "0"),
-                    *("--rate", str(traffic_rate), "--speedup", str(speedup), "--quiet"),
-                ],
-                settings,
-                services,
+        traffic_started = time.monotonic()
+        if traffic is not None:
+            start_service("traffic", traffic.command(), settings, services)
+        shown = (
+            f"{traffic.rate:g} events/s, event clock x{traffic.speedup:g} from "
+            f"{traffic.start:%Y-%m-%d %H:%M} UTC"
+            + (
+                f", a malformed burst after {traffic.burst_after_s:g} s"
+                if traffic.burst_after_s
+                else ""
             )
-        traffic = (
-            f"{traffic_rate:g} events/s, event clock x{speedup:g}"
-            if traffic_rate is not None
+            if traffic is not None
             else "off"
         )
         print(
@@ -363,12 +413,27 @@ def run_stack(settings: Settings, traffic_rate: float | None, speedup: float) ->
             f"  Kafka          {kafka}\n"
             f"  Dagster UI     {ui}\n"
             f"  Spark          {settings.spark_remote} (Spark Connect)\n"
-            f"  live traffic   {traffic}\n"
+            f"  live traffic   {shown}\n"
             f"  logs           {settings.logs_dir}\n"
             "Ctrl-C to stop.",
             flush=True,
         )
+        burst: subprocess.Popen[bytes] | None = None
         while True:
+            elapsed = time.monotonic() - traffic_started
+            due = traffic is not None and 0 < traffic.burst_after_s <= elapsed
+            if traffic is not None and due and burst is None:
+                # One-shot: not a Service, its normal exit must not stop the stack.
+                burst = spawn(
+                    traffic.burst_command(traffic.event_clock(elapsed)),
+                    log_path=settings.logs_dir / "burst.log",
+                    env=child_env(settings),
+                )
+                print(
+                    f"lambda-arch: sent a burst of {traffic.burst_records} records, "
+                    f"{traffic.burst_malformed:.0%} malformed (watch the quarantine check)",
+                    flush=True,
+                )
             for service in services:
                 if (code := service.process.poll()) is not None:
                     raise ServiceError(

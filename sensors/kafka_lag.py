@@ -6,13 +6,11 @@ from dagster import (
     AssetObservation,
     DefaultSensorStatus,
     RunRequest,
-    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     sensor,
 )
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from assets.jobs import SPEED_JOB_NAME, speed_job
 from assets.speed import SPEED_QUERY_NAMES, TOPIC_ASSET
@@ -21,17 +19,14 @@ from lambda_arch.broker import ServiceError, require_reachable
 from lambda_arch.kafka_offsets import KafkaOffsetsError
 from lambda_arch.lag import measure_lag
 from resources import LambdaArchSettings
+from sensors.runs import job_in_flight
 
 LAG_SENSOR_INTERVAL_S = 15
 
 
 def speed_run_in_flight(context: SensorEvaluationContext) -> bool:
     """Whether a speed run is queued or running (its queries will read the new records too)."""
-    runs = context.instance.get_run_records(
-        filters=RunsFilter(job_name=SPEED_JOB_NAME, statuses=list(IN_PROGRESS_RUN_STATUSES)),
-        limit=1,
-    )
-    return bool(runs)
+    return job_in_flight(context.instance, SPEED_JOB_NAME)
 
 
 @sensor(

@@ -5,16 +5,15 @@ from __future__ import annotations
 from dagster import (
     DefaultSensorStatus,
     RunRequest,
-    RunsFilter,
     SensorEvaluationContext,
     SkipReason,
     sensor,
 )
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from assets.jobs import BATCH_JOB_NAME, SERVING_JOB_NAME, SPEED_JOB_NAME, serving_job
 from lambda_arch import serving
 from resources import LambdaArchSettings
+from sensors.runs import job_in_flight
 
 SERVING_SENSOR_INTERVAL_S = 20
 
@@ -23,10 +22,7 @@ def writer_in_flight(context: SensorEvaluationContext) -> str | None:
     """A run that will refresh the store itself (speed, serving) or change the lake again
     (batch): the name of its job, or None."""
     for job in (SERVING_JOB_NAME, SPEED_JOB_NAME, BATCH_JOB_NAME):
-        runs = context.instance.get_run_records(
-            filters=RunsFilter(job_name=job, statuses=list(IN_PROGRESS_RUN_STATUSES)), limit=1
-        )
-        if runs:
+        if job_in_flight(context.instance, job):
             return job
     return None
 

@@ -48,6 +48,7 @@ def plays(start: datetime, hours: int) -> list[bytes]:
     ]
 
 
+@pytest.mark.timeout(900)  # three passes of speed, batch, checks and serving runs
 def test_run_on_an_empty_topic_then_new_data_then_again(
     spark, run_env: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -92,3 +93,18 @@ def test_run_on_an_empty_topic_then_new_data_then_again(
     with DagsterInstance.from_config(str(run_env.dagster_home)) as instance:
         jobs = sorted(r.dagster_run.job_name for r in instance.get_run_records())
     assert jobs == ["batch_job", "serving_job", "speed_job", "speed_job", "speed_job"]
+
+    # status: the broker, every watermark, the store and the instance's materializations.
+    assert main(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["kafka"]["lag"] == {
+        "landing": 0,
+        "trending_speed": 0,
+        "discovery_speed": 0,
+        "sessions_speed": 0,
+    }
+    assert status["speed"]["trending_speed"]["watermark"] == "2026-03-03T01:20:00.000Z"
+    assert status["batch"]["missing_days"] == [] and status["batch"]["stale_days"] == []
+    assert status["serving"]["trending"]["batch_watermark"] == "2026-03-03T00:00:00Z"
+    assert status["dagster"]["assets"]["trending_batch"]["partition"] == "2026-03-02"
+    assert status["dagster"]["assets"]["trending_serving"] is not None

@@ -353,7 +353,9 @@ def test_dagster_yaml_limits_runs(tmp_path: Path) -> None:
         queue = instance.get_concurrency_config().run_queue_config
         assert queue is not None
         assert queue.max_concurrent_runs == 3
-        assert queue.tag_concurrency_limits == [{"key": SPARK_RUN_TAG, "limit": 2}]
+        assert queue.tag_concurrency_limits == [
+            {"key": SPARK_RUN_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 2}
+        ]
         assert instance.root_directory == str(settings.dagster_home)
 
 
@@ -377,3 +379,24 @@ def test_claim_home_removes_stale_pid_files_and_refuses_live_ones(tmp_path: Path
     write_pid_file(run_dir / "webserver.pid", os.getpid())
     with pytest.raises(ServiceError, match=rf"webserver pid {os.getpid()}"):
         claim_home(settings)
+
+
+def test_demo_traffic_starts_before_midnight_and_its_commands_parse() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from lambda_arch.cli import cli
+    from lambda_arch.stack import Traffic, demo_start
+
+    start = demo_start(datetime(2026, 3, 5, 10, 17, tzinfo=UTC))
+    assert start == datetime(2026, 3, 4, 23, 30, tzinfo=UTC)
+    traffic = Traffic(rate=200, speedup=60, start=start, burst_after_s=240)
+    assert traffic.event_clock(60) == start + timedelta(hours=1)
+    produce = cli.commands["produce"]
+    live = traffic.command()
+    params = produce.make_context("produce", live[live.index("produce") + 1 :]).params
+    assert params["events"] == 0 and params["rate"] == 200 and params["speedup"] == 60
+    assert params["start"] == start and params["malformed"] == 0.002
+    burst = traffic.burst_command(traffic.event_clock(240))
+    params = produce.make_context("produce", burst[burst.index("produce") + 1 :]).params
+    assert params["events"] == 400 and params["malformed"] == 0.5
+    assert params["start"] == start + timedelta(hours=4)

@@ -10,7 +10,7 @@ UV_VERSION := 0.13.8
 # outside site-packages, where lambda_arch.spark.s3a_jars() finds it (see pyproject.toml).
 S3A_JARS := sagemaker-pyspark==1.4.5
 
-.PHONY: demo test install lint format check-python check-java clean
+.PHONY: demo test install lint format check-python check-java chromium clean
 
 check-python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -33,6 +33,17 @@ install: $(STAMP)
 check-java: install
 	@$(BIN)/python -m lambda_arch.java
 
+# Debian's Chromium for the browser test of the Dagster UI (tests/ui), which Playwright drives
+# (never `playwright install`). Installed only when missing (about 25 s, needs root); the package
+# lists are refreshed only when the first try fails.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+chromium: $(CHROMIUM)
+
 demo: install check-java
 	$(BIN)/lambda-arch up
 
@@ -40,7 +51,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install check-java lint
+test: install check-java chromium lint
 	$(BIN)/python -m pytest
 
 format: install

@@ -346,6 +346,38 @@ def test_serving_equals_an_independent_recomputation_before_and_after_late_data(
     assert not serving.pending_views(pipeline.settings, pipeline.store)
 
 
+def test_concurrent_refreshes_add_each_micro_batch_once(pipeline: Pipeline, tmp_path: Path) -> None:
+    """A sensor's run and `lambda-arch run` may refresh at the same time."""
+    import threading
+
+    served = served_pipeline(pipeline)
+    store = ServingStore(tmp_path / "second.sqlite3")
+    errors: list[BaseException] = []
+
+    def refresh() -> None:
+        try:
+            for view in serving.VIEWS:
+                serving.refresh_view(served.settings, store, view, served.lake)
+        except BaseException as error:  # surfaced below, not lost in the thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=refresh) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    for as_of, window in GRID:
+        assert store.trending(as_of=as_of, window=window) == served.store.trending(
+            as_of=as_of, window=window
+        )
+        assert store.discovery(as_of=as_of, window=window) == served.store.discovery(
+            as_of=as_of, window=window
+        )
+    rows = {view: summary["rows"] for view, summary in served.store.summary().items()}
+    assert rows == {view: summary["rows"] for view, summary in store.summary().items()}
+
+
 def test_default_as_of_is_the_speed_watermark(pipeline: Pipeline) -> None:
     state = pipeline.store.view_state("trending")
     if state.speed_watermark is None:

@@ -688,42 +688,44 @@ def refresh_view(
     speed_state = speed.read_speed_state(paths, spec.speed_query) or {}
     speed_watermark = parse_iso(speed_state["watermark"]) if speed_state.get("watermark") else None
 
-    held = store.batch_days(view)
-    changed = sorted(d for d, at in computed.items() if held.get(d.isoformat()) != at)
-    dropped = sorted(set(held) - {d.isoformat() for d in computed})
-    loaded: dict[str, tuple[str, list[tuple[Any, ...]]]] = {}
-    for day in changed:
-        table = _read_parquet(
-            f"{lake.location(spec.batch_table)}/dt={day.isoformat()}", _columns(spec)
-        )
-        rows = _store_rows(spec, table) if table is not None else []
-        loaded[day.isoformat()] = (computed[day], rows)
-
-    previous = store.view_state(view)
-    committed = committed_batches(settings, spec.speed_query)
-    # A checkpoint that restarted (fewer batches than ingested), or a batch watermark that
-    # moved back (a day lost its state), needs speed rows the store has pruned: rebuild.
-    rebuild = (committed and committed[-1] < previous.speed_last_batch) or (
-        previous.batch_watermark is not None
-        and (batch_watermark is None or batch_watermark < previous.batch_watermark)
-    )
-    rebuild = bool(rebuild) or (not committed and previous.speed_last_batch >= 0)
-    after = -1 if rebuild else previous.speed_last_batch
-    new_batches = [b for b in committed if b > after]
-    cut = _cut_value(spec, batch_watermark)
-    position = _time_index(spec)
-    speed_rows: list[tuple[Any, ...]] = []
-    for batch_id in new_batches:
-        table = _read_parquet(
-            f"{paths.table(spec.speed_query)}/batch_id={batch_id}", _columns(spec)
-        )
-        if table is None:
-            continue
-        rows = _store_rows(spec, table)
-        report.speed_rows_read += len(rows)
-        speed_rows += [r for r in rows if cut is None or r[position] >= cut]
-
+    # The whole refresh holds the store's write lock: two refreshes at once (a sensor's run and
+    # `lambda-arch run`) would otherwise both add the same speed micro-batches.
     with store.writing() as connection:
+        held = store.batch_days(view)
+        changed = sorted(d for d, at in computed.items() if held.get(d.isoformat()) != at)
+        dropped = sorted(set(held) - {d.isoformat() for d in computed})
+        loaded: dict[str, tuple[str, list[tuple[Any, ...]]]] = {}
+        for day in changed:
+            table = _read_parquet(
+                f"{lake.location(spec.batch_table)}/dt={day.isoformat()}", _columns(spec)
+            )
+            rows = _store_rows(spec, table) if table is not None else []
+            loaded[day.isoformat()] = (computed[day], rows)
+
+        previous = store.view_state(view, connection)
+        committed = committed_batches(settings, spec.speed_query)
+        # A checkpoint that restarted (fewer batches than ingested), or a batch watermark that
+        # moved back (a day lost its state), needs speed rows the store has pruned: rebuild.
+        rebuild = (committed and committed[-1] < previous.speed_last_batch) or (
+            previous.batch_watermark is not None
+            and (batch_watermark is None or batch_watermark < previous.batch_watermark)
+        )
+        rebuild = bool(rebuild) or (not committed and previous.speed_last_batch >= 0)
+        after = -1 if rebuild else previous.speed_last_batch
+        new_batches = [b for b in committed if b > after]
+        cut = _cut_value(spec, batch_watermark)
+        position = _time_index(spec)
+        speed_rows: list[tuple[Any, ...]] = []
+        for batch_id in new_batches:
+            table = _read_parquet(
+                f"{paths.table(spec.speed_query)}/batch_id={batch_id}", _columns(spec)
+            )
+            if table is None:
+                continue
+            rows = _store_rows(spec, table)
+            report.speed_rows_read += len(rows)
+            speed_rows += [r for r in rows if cut is None or r[position] >= cut]
+
         for dt in dropped:
             connection.execute(f"DELETE FROM {spec.batch_store} WHERE dt = ?", (dt,))
             connection.execute("DELETE FROM batch_days WHERE view = ? AND dt = ?", (view, dt))

@@ -8,6 +8,7 @@ refresh reads Parquet with pyarrow, so it runs in a second or two and never wait
 
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
+from assets.speed import step_priority
 from lambda_arch import serving
 from lambda_arch.ranking import markdown_table
 from resources import LambdaArchSettings
@@ -37,6 +38,8 @@ def _serving_asset(spec: serving.ViewSpec, description: str):
         group_name=GROUP,
         deps=[AssetKey(spec.speed_query), AssetKey(spec.batch_table)],
         kinds=KINDS,
+        # Right after its speed view in a speed run (assets/speed.py PRIORITY).
+        op_tags=step_priority(spec.name),
         description=description,
     )
     def _asset(context: AssetExecutionContext, settings: LambdaArchSettings) -> MaterializeResult:

@@ -37,6 +37,16 @@ RAW_ASSET = AssetKey("play_events_raw")
 QUARANTINE_ASSET = AssetKey("play_events_quarantine")
 # Runs of Spark assets carry this tag: dagster.yaml limits how many run at once.
 SPARK_TAGS = {"lambda_arch/spark": "speed"}
+# Order of the steps of a speed run (Dagster runs ready steps by this priority, highest first):
+# trending and its serving refresh first, landing and the checks last, so what users query
+# is fresh before the run has finished (benchmarks/freshness.py).
+PRIORITY = {"trending": 40, "discovery": 30, "sessions": 20, "landing": 10}
+
+
+def step_priority(view: str) -> dict[str, str]:
+    return {"dagster/priority": str(PRIORITY[view])}
+
+
 KINDS = {"spark", "kafka"}
 TRENDING_TOP_WINDOW_MIN = 60
 
@@ -90,7 +100,7 @@ def _speed_asset(
         deps=[TOPIC_ASSET],
         kinds=KINDS,
         pool="spark",
-        op_tags=SPARK_TAGS,
+        op_tags={**SPARK_TAGS, **step_priority(name.removesuffix("_speed"))},
         description=description,
     )
     def _asset(
@@ -169,7 +179,7 @@ sessions_speed = _speed_asset(
         ),
     ],
     pool="spark",
-    op_tags=SPARK_TAGS,
+    op_tags={**SPARK_TAGS, **step_priority("landing")},
 )
 def landing(context: AssetExecutionContext, settings: LambdaArchSettings, spark: SparkResource):
     """Land new Kafka records in the lake: valid ones in play_events, the rest in quarantine."""

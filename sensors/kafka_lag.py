@@ -21,7 +21,7 @@ from lambda_arch.lag import measure_lag
 from resources import LambdaArchSettings
 from sensors.runs import job_in_flight
 
-LAG_SENSOR_INTERVAL_S = 15
+LAG_SENSOR_INTERVAL_S = 10
 
 
 def speed_run_in_flight(context: SensorEvaluationContext) -> bool:

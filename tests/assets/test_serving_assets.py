@@ -41,6 +41,15 @@ def test_speed_job_serves_what_it_counted_and_the_sensor_follows_batch_runs(
     assert "| rank | title_id | plays |" in served["top_10"].value
     for name in ("discovery_serving", "sessions_serving"):
         assert result.asset_materializations_for_node(name)
+    # Freshness: trending is counted and served first, landing and the checks come last.
+    order = [event.step_key for event in result.all_events if event.is_step_start]
+    assert order[:4] == [
+        "trending_speed",
+        "trending_serving",
+        "discovery_speed",
+        "discovery_serving",
+    ]
+    assert order.index("landing") > order.index("sessions_serving")
 
     store = ServingStore.from_settings(speed_env)
     whole = store.trending(as_of=datetime(2026, 3, 2, 2, 0, tzinfo=UTC), window=26 * 60)

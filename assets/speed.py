@@ -211,5 +211,3 @@ def landing(context: AssetExecutionContext, settings: LambdaArchSettings, spark:
 
 # Landing first: the batch layer reads what it lands, and a run catches everything up in order.
 SPEED_ASSETS = [landing, trending_speed, discovery_speed, sessions_speed]
-# The checkpointed queries behind them (one checkpoint each), as the lag sensor watches them.
-SPEED_QUERY_NAMES = (speed.LANDING, speed.TRENDING, speed.DISCOVERY, speed.SESSIONS)

@@ -54,6 +54,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lambda_arch.broker import free_port
+from lambda_arch.processes import isolated_env
 from lambda_arch.schema import format_event_time
 from lambda_arch.serving import iso
 
@@ -139,20 +140,15 @@ class Children:
 
 def child_env(home: Path, ports: dict[str, int]) -> dict[str, str]:
     """This environment without lambda-arch, Kafka, Spark or Dagster settings, plus ours."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("LAMBDA_ARCH_")
-        and name not in ("KAFKA_BOOTSTRAP_SERVERS", "SPARK_REMOTE", "DAGSTER_HOME")
-    }
-    env.update(
-        LAMBDA_ARCH_HOME=str(home),
-        LAMBDA_ARCH_BROKER_PORT=str(ports["broker"]),
-        LAMBDA_ARCH_DAGSTER_PORT=str(ports["dagster"]),
-        LAMBDA_ARCH_SPARK_CONNECT_PORT=str(ports["connect"]),
-        PYTHONUNBUFFERED="1",
+    return isolated_env(
+        {
+            "LAMBDA_ARCH_HOME": str(home),
+            "LAMBDA_ARCH_BROKER_PORT": str(ports["broker"]),
+            "LAMBDA_ARCH_DAGSTER_PORT": str(ports["dagster"]),
+            "LAMBDA_ARCH_SPARK_CONNECT_PORT": str(ports["connect"]),
+            "PYTHONUNBUFFERED": "1",
+        }
     )
-    return env
 
 
 def cli(*args: str) -> list[str]:

@@ -41,26 +41,26 @@ class IsoTime(click.ParamType):
     name = "ISO-8601 time"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from lambda_arch.serving import ServingError, parse_iso
+
         if isinstance(value, datetime):
             return value
         try:
-            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            self.fail(f"{value!r} is not an ISO-8601 time such as 2026-03-01T12:00:00Z", param, ctx)
-        if parsed.tzinfo is None:
-            self.fail(f"{value!r} has no UTC offset: add Z or +HH:MM", param, ctx)
-        return parsed.astimezone(UTC)
+            return parse_iso(str(value))  # the HTTP API's rule too
+        except ServingError as error:
+            self.fail(str(error), param, ctx)
 
 
 class CountryCode(click.ParamType):
     name = "country code"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from lambda_arch.schema import COUNTRIES
+        from lambda_arch.serving import ServingError, check_country
 
-        if value not in COUNTRIES:
-            self.fail(f"{value!r} is not an upper-case ISO 3166-1 alpha-2 code", param, ctx)
-        return value
+        try:
+            return check_country(value)  # the HTTP API's rule too
+        except ServingError as error:
+            self.fail(str(error), param, ctx)
 
 
 RATE = click.FloatRange(min=0, min_open=True)

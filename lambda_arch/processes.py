@@ -94,6 +94,22 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+# Variables that point a process at a lambda-arch home, broker, Spark or Dagster instance.
+_SETTING_VARIABLES = ("KAFKA_BOOTSTRAP_SERVERS", "SPARK_REMOTE", "DAGSTER_HOME")
+
+
+def isolated_env(settings: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without any lambda-arch, Kafka, Spark or Dagster setting,
+    plus `settings`: a stack of its own (tests, benchmarks) that inherits none of ours."""
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("LAMBDA_ARCH_") and name not in _SETTING_VARIABLES
+    }
+    environment.update(settings)
+    return environment
+
+
 def spawn_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment plus extra (children inherit settings through it)."""
     environment = dict(os.environ)

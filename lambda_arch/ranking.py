@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pyspark.sql import functions as F
-
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
@@ -33,6 +31,8 @@ class Window:
 
 
 def _in_window(counts: DataFrame, window: Window, country: str | None) -> DataFrame:
+    from pyspark.sql import functions as F
+
     # Aware datetimes become instants whatever the session time zone is.
     selected = counts.where(
         (F.col("minute") >= F.lit(window.start)) & (F.col("minute") < F.lit(window.end))
@@ -44,6 +44,8 @@ def top_titles(
     counts: DataFrame, window: Window, *, country: str | None = None, limit: int = 10
 ) -> list[dict[str, int]]:
     """Titles by plays in the window, most first, ties by title_id ascending; the top `limit`."""
+    from pyspark.sql import functions as F
+
     ranked = (
         _in_window(counts, window, country)
         .groupBy("title_id")
@@ -53,10 +55,7 @@ def top_titles(
         .limit(limit)
         .collect()
     )
-    return [
-        {"rank": rank, "title_id": int(row["title_id"]), "plays": int(row["plays"])}
-        for rank, row in enumerate(ranked, start=1)
-    ]
+    return ranked_titles([(row["title_id"], row["plays"]) for row in ranked])
 
 
 def source_shares(
@@ -64,6 +63,8 @@ def source_shares(
 ) -> list[dict[str, Any]]:
     """Plays per discovery source in the window with its share (4 decimals), most plays first,
     ties by name."""
+    from pyspark.sql import functions as F
+
     rows = (
         _in_window(counts, window, country)
         .groupBy("discovery_source")
@@ -71,15 +72,25 @@ def source_shares(
         .where(F.col("plays") > 0)
         .collect()
     )
-    total = sum(int(row["plays"]) for row in rows)
-    ordered = sorted(rows, key=lambda row: (-int(row["plays"]), row["discovery_source"]))
+    return shares([(row["discovery_source"], row["plays"]) for row in rows])
+
+
+def ranked_titles(plays_by_title: Sequence[tuple[Any, Any]]) -> list[dict[str, int]]:
+    """(title_id, plays) pairs already in rank order as the contract's `titles` entries."""
     return [
-        {
-            "discovery_source": row["discovery_source"],
-            "plays": int(row["plays"]),
-            "share": round(int(row["plays"]) / total, 4),
-        }
-        for row in ordered
+        {"rank": rank, "title_id": int(title), "plays": int(plays)}
+        for rank, (title, plays) in enumerate(plays_by_title, start=1)
+    ]
+
+
+def shares(plays_by_source: Sequence[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """(discovery_source, plays) pairs as the contract's `sources` entries: share of all plays
+    (4 decimals), most plays first, ties by name."""
+    total = sum(int(plays) for _, plays in plays_by_source)
+    ordered = sorted(plays_by_source, key=lambda item: (-int(item[1]), item[0]))
+    return [
+        {"discovery_source": source, "plays": int(plays), "share": round(int(plays) / total, 4)}
+        for source, plays in ordered
     ]
 
 

@@ -42,6 +42,7 @@ import pyarrow.fs as pafs
 from lambda_arch import batch, speed
 from lambda_arch.config import Settings
 from lambda_arch.lake import Lake, _pyarrow_uri
+from lambda_arch.ranking import Window, ranked_titles, shares
 from lambda_arch.schema import COUNTRIES
 
 STORE_FILE = "serving.sqlite3"
@@ -121,6 +122,7 @@ CREATE INDEX IF NOT EXISTS sessions_batch_dt ON sessions_batch (dt);
 CREATE TABLE IF NOT EXISTS sessions_speed ({_SESSION_COLUMNS});
 CREATE INDEX IF NOT EXISTS sessions_speed_member ON sessions_speed (member_id, session_start);
 CREATE INDEX IF NOT EXISTS sessions_speed_end ON sessions_speed (session_end);
+-- computed_at: the version of the day's computation the store holds (computed_batch_days).
 CREATE TABLE IF NOT EXISTS batch_days (view TEXT NOT NULL, dt TEXT NOT NULL,
     computed_at TEXT NOT NULL, rows INTEGER NOT NULL, PRIMARY KEY (view, dt)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS views (view TEXT PRIMARY KEY, batch_watermark INTEGER,
@@ -208,12 +210,6 @@ def split_window(start: datetime, end: datetime, batch_watermark: datetime | Non
         return Split(first, first, first, last)
     cut = min(max(_seconds(batch_watermark), first), last)
     return Split(first, cut, cut, last)
-
-
-def window_of(as_of: datetime, minutes: int) -> tuple[datetime, datetime]:
-    """[T - W, T) with T cut down to the whole minute."""
-    end = as_of.astimezone(UTC).replace(second=0, microsecond=0)
-    return end - timedelta(minutes=minutes), end
 
 
 def contiguous_watermark(first_day: date | None, computed: Iterable[date]) -> datetime | None:
@@ -379,14 +375,10 @@ class ServingStore:
         check_country(country), check_window(window), check_limit(limit)
         with self.snapshot() as connection:
             state = self.view_state(TRENDING.name, connection)
-            start, end = window_of(self._as_of(state, as_of), window)
-            split = split_window(start, end, state.batch_watermark)
+            span = Window.ending_at(self._as_of(state, as_of), window)
+            split = split_window(span.start, span.end, state.batch_watermark)
             rows = self._ranked(connection, TRENDING, split, country, limit)
-        titles = [
-            {"rank": rank, "title_id": int(title), "plays": int(plays)}
-            for rank, (title, plays) in enumerate(rows, start=1)
-        ]
-        return {**self._header(state, country, end, window), "titles": titles}
+        return {**self._header(state, country, span.end, window), "titles": ranked_titles(rows)}
 
     def discovery(
         self,
@@ -399,19 +391,10 @@ class ServingStore:
         check_country(country), check_window(window)
         with self.snapshot() as connection:
             state = self.view_state(DISCOVERY.name, connection)
-            start, end = window_of(self._as_of(state, as_of), window)
-            split = split_window(start, end, state.batch_watermark)
+            span = Window.ending_at(self._as_of(state, as_of), window)
+            split = split_window(span.start, span.end, state.batch_watermark)
             rows = self._ranked(connection, DISCOVERY, split, country, None)
-        total = sum(int(plays) for _, plays in rows)
-        sources = [
-            {
-                "discovery_source": source,
-                "plays": int(plays),
-                "share": round(int(plays) / total, 4),
-            }
-            for source, plays in rows
-        ]
-        return {**self._header(state, country, end, window), "sources": sources}
+        return {**self._header(state, country, span.end, window), "sources": shares(rows)}
 
     def sessions(self, *, member_id: int, title_id: int | None = None) -> dict[str, Any]:
         """A member's sessions ordered by session_start: batch ones that end before the batch
@@ -525,7 +508,9 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def computed_batch_days(lake: Lake, table: str) -> dict[date, str]:
-    """Days the batch layer has computed for `table`, with when (its state files)."""
+    """Days the batch layer has computed for `table`, each with a version of its computation:
+    the modification time of the day's state file, which every (re)computation rewrites last.
+    One listing, no file read per day (a year of days is one request on S3, not 365)."""
     filesystem, base = pafs.FileSystem.from_uri(lake.location("_batch_state"))
     infos = filesystem.get_file_info(pafs.FileSelector(f"{base}/{table}", allow_not_found=True))
     days: dict[date, str] = {}
@@ -536,18 +521,35 @@ def computed_batch_days(lake: Lake, table: str) -> dict[date, str]:
             day = date.fromisoformat(info.base_name.removesuffix(".json"))
         except ValueError:
             continue
-        state = batch.read_day_state(lake, table, day)
-        if state is not None:
-            days[day] = str(state.get("computed_at"))
+        days[day] = str(info.mtime_ns)
     return days
 
 
+def changed_days(computed: dict[date, str], held: dict[str, str]) -> list[date]:
+    """Computed days whose version the store does not hold (new or recomputed)."""
+    return sorted(day for day, version in computed.items() if held.get(day.isoformat()) != version)
+
+
 def committed_batches(settings: Settings, query: str) -> list[int]:
-    """Micro-batch ids in the query's commit log: their output is complete."""
+    """Micro-batch ids whose output folder is complete: every `batch_id=<N>` folder of the
+    query's table up to the newest id in its commit log. (The commit log itself keeps only the
+    last 100 batches, spark.sql.streaming.minBatchesToRetain, so it cannot list them all.)"""
     commits = Path(speed.checkpoint_of(settings, query)) / "commits"
     if not commits.is_dir():
         return []
-    return sorted(int(p.name) for p in commits.iterdir() if p.name.isdigit())
+    latest = max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=None)
+    if latest is None:
+        return []
+    filesystem, path = _filesystem(speed.SpeedPaths.from_settings(settings).table(query))
+    folders = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    ids = [
+        int(info.base_name.removeprefix("batch_id="))
+        for info in folders
+        if info.type == pafs.FileType.Directory
+        and info.base_name.startswith("batch_id=")
+        and info.base_name.removeprefix("batch_id=").isdigit()
+    ]
+    return sorted(batch_id for batch_id in ids if batch_id <= latest)
 
 
 def _read_parquet(uri: str, columns: Sequence[str]) -> pa.Table | None:
@@ -692,7 +694,7 @@ def refresh_view(
     # `lambda-arch run`) would otherwise both add the same speed micro-batches.
     with store.writing() as connection:
         held = store.batch_days(view)
-        changed = sorted(d for d, at in computed.items() if held.get(d.isoformat()) != at)
+        changed = changed_days(computed, held)
         dropped = sorted(set(held) - {d.isoformat() for d in computed})
         loaded: dict[str, tuple[str, list[tuple[Any, ...]]]] = {}
         for day in changed:
@@ -776,9 +778,7 @@ def pending_views(settings: Settings, store: ServingStore | None = None) -> dict
     for name, spec in VIEWS.items():
         held = store.batch_days(name)
         computed = computed_batch_days(lake, spec.batch_table)
-        changed = sorted(
-            d.isoformat() for d, at in computed.items() if held.get(d.isoformat()) != at
-        )
+        changed = [day.isoformat() for day in changed_days(computed, held)]
         committed = committed_batches(settings, spec.speed_query)
         last = store.view_state(name).speed_last_batch
         if changed:

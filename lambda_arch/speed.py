@@ -65,6 +65,8 @@ TRENDING = "trending_speed"
 DISCOVERY = "discovery_speed"
 SESSIONS = "sessions_speed"
 LANDING = "landing"
+# Every checkpointed query of the speed layer, landing first (as a speed run runs them).
+QUERIES = (LANDING, TRENDING, DISCOVERY, SESSIONS)
 STATE_DIR = "_state"
 
 # Spark drops a row when event_time <= watermark, the contract only when it is older (<). One
@@ -123,6 +125,11 @@ def _root(paths: SpeedPaths | str) -> SpeedPaths:
 
 def checkpoint_of(settings: Settings, name: str) -> str:
     return str(settings.checkpoints_dir / name)
+
+
+def checkpoints_of(settings: Settings) -> dict[str, str]:
+    """Every speed query's checkpoint folder, by query name (what the lag is measured against)."""
+    return {name: checkpoint_of(settings, name) for name in QUERIES}
 
 
 def lock_dir_of(settings: Settings) -> Path:

@@ -15,11 +15,9 @@ from lambda_arch.kafka_offsets import KafkaOffsetsError
 from lambda_arch.lag import measure_lag
 from lambda_arch.serving import ServingStore, iso
 
-SPEED_QUERIES = (speed.LANDING, speed.TRENDING, speed.DISCOVERY, speed.SESSIONS)
-
 
 def _kafka(settings: Settings) -> dict[str, Any]:
-    checkpoints = {name: speed.checkpoint_of(settings, name) for name in SPEED_QUERIES}
+    checkpoints = speed.checkpoints_of(settings)
     try:
         require_reachable(settings.bootstrap_servers)
         lag = measure_lag(settings.bootstrap_servers, settings.topic, checkpoints)
@@ -36,7 +34,7 @@ def _kafka(settings: Settings) -> dict[str, Any]:
 def _speed(settings: Settings) -> dict[str, Any]:
     paths = speed.SpeedPaths.from_settings(settings)
     result: dict[str, Any] = {}
-    for name in SPEED_QUERIES:
+    for name in speed.QUERIES:
         state = speed.read_speed_state(paths, name) or {}
         result[name] = {
             "watermark": state.get("watermark"),

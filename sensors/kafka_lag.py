@@ -13,7 +13,7 @@ from dagster import (
 )
 
 from assets.jobs import SPEED_JOB_NAME, speed_job
-from assets.speed import SPEED_QUERY_NAMES, TOPIC_ASSET
+from assets.speed import TOPIC_ASSET
 from lambda_arch import speed
 from lambda_arch.broker import ServiceError, require_reachable
 from lambda_arch.kafka_offsets import KafkaOffsetsError
@@ -43,7 +43,7 @@ def kafka_lag_sensor(
     context: SensorEvaluationContext, settings: LambdaArchSettings
 ) -> SensorResult | SkipReason:
     config = settings.get()
-    checkpoints = {name: speed.checkpoint_of(config, name) for name in SPEED_QUERY_NAMES}
+    checkpoints = speed.checkpoints_of(config)
     try:
         require_reachable(config.bootstrap_servers)  # fails fast instead of a client timeout
         topic_lag = measure_lag(config.bootstrap_servers, config.topic, checkpoints)

@@ -21,8 +21,8 @@ from assets.checks import (
 from assets.speed import SPEED_ASSETS, landing, trending_speed
 from lambda_arch.config import Settings
 from lambda_arch.lake import Lake
-from lambda_arch.producer import ensure_topic, make_producer
 from resources import build_resources
+from tests.assets.test_batch_assets import send
 
 DAY = date(2026, 3, 1)
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -43,15 +43,6 @@ def event(n: int, moment: datetime, event_type: str = "play_start") -> bytes:
             "position_ms": (n % 5) * 60_000,
         }
     ).encode()
-
-
-def send(settings: Settings, payloads: list[bytes]) -> None:
-    ensure_topic(settings.bootstrap_servers, settings.topic, 3)
-    producer = make_producer(settings.bootstrap_servers)
-    for payload in payloads:
-        producer.send(settings.topic, value=payload)
-    producer.flush()
-    producer.close()
 
 
 def checks_of(result, name: str):

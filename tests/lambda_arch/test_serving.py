@@ -641,3 +641,23 @@ def test_serve_refuses_a_port_in_use(api, capsys: pytest.CaptureFixture[str]) ->
     assert main(["serve", "--port", port]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "already in use" in err
+
+
+def test_committed_batches_reach_past_the_commit_log_retention(tmp_path: Path) -> None:
+    """Spark keeps only the last ~100 entries of a commit log; every batch folder up to the
+    newest commit is complete, the folder still being written (no commit yet) is not."""
+    from lambda_arch import speed
+
+    settings = Settings(
+        LAMBDA_ARCH_HOME=str(tmp_path / "home"), LAMBDA_ARCH_WAREHOUSE=str(tmp_path / "lake")
+    )
+    commits = Path(speed.checkpoint_of(settings, speed.TRENDING)) / "commits"
+    commits.mkdir(parents=True)
+    for batch_id in range(152, 253):
+        (commits / str(batch_id)).write_text("v1\n")
+    (commits / ".252.crc").write_text("")
+    table = Path(speed.SpeedPaths.from_settings(settings).table(speed.TRENDING))
+    for batch_id in range(254):
+        (table / f"batch_id={batch_id}").mkdir(parents=True)
+    assert serving.committed_batches(settings, speed.TRENDING) == list(range(253))
+    assert serving.committed_batches(settings, speed.SESSIONS) == []

@@ -20,6 +20,7 @@ from kafka import KafkaAdminClient
 
 from lambda_arch.broker import ServiceError, free_port, kafka_ready, port_in_use
 from lambda_arch.config import Settings
+from lambda_arch.processes import isolated_env
 from lambda_arch.producer import topic_partitions
 from lambda_arch.stack import SPARK_RUN_TAG, claim_home, write_dagster_yaml, write_pid_file
 
@@ -85,17 +86,13 @@ def up_env(
 ) -> dict[str, str]:
     """This environment without lambda-arch or Dagster settings, plus a fresh home and ports;
     with connect_port, up starts its Spark Connect server there."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("LAMBDA_ARCH_")
-        and name not in ("KAFKA_BOOTSTRAP_SERVERS", "SPARK_REMOTE", "DAGSTER_HOME")
-    }
-    env.update(
-        LAMBDA_ARCH_HOME=str(home),
-        LAMBDA_ARCH_BROKER_PORT=str(broker_port),
-        LAMBDA_ARCH_DAGSTER_PORT=str(dagster_port),
-        LAMBDA_ARCH_TOPIC_PARTITIONS=str(PARTITIONS),
+    env = isolated_env(
+        {
+            "LAMBDA_ARCH_HOME": str(home),
+            "LAMBDA_ARCH_BROKER_PORT": str(broker_port),
+            "LAMBDA_ARCH_DAGSTER_PORT": str(dagster_port),
+            "LAMBDA_ARCH_TOPIC_PARTITIONS": str(PARTITIONS),
+        }
     )
     if connect_port is None:
         env["SPARK_REMOTE"] = NO_SPARK

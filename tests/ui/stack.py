@@ -18,6 +18,8 @@ from typing import Any
 import psutil
 import pytest
 
+from lambda_arch.processes import isolated_env
+
 # The first daily partition; the test's events start on this day.
 START_DATE = "2026-03-01"
 UP_TIMEOUT_S = 180.0  # ~15 s alone; the shared 2-core machine can be far slower
@@ -135,19 +137,14 @@ class Stack:
 
 def stack_env(home: Path, broker_port: int, dagster_port: int, connect_port: int) -> dict[str, str]:
     """This environment without lambda-arch or Dagster settings, plus a fresh home and ports."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("LAMBDA_ARCH_")
-        and name not in ("KAFKA_BOOTSTRAP_SERVERS", "SPARK_REMOTE", "DAGSTER_HOME")
-    }
-    env.update(
-        LAMBDA_ARCH_HOME=str(home),
-        LAMBDA_ARCH_START_DATE=START_DATE,
-        LAMBDA_ARCH_BROKER_PORT=str(broker_port),
-        LAMBDA_ARCH_DAGSTER_PORT=str(dagster_port),
-        LAMBDA_ARCH_SPARK_CONNECT_PORT=str(connect_port),
-        LAMBDA_ARCH_TOPIC_PARTITIONS="2",
-        LAMBDA_ARCH_SHUFFLE_PARTITIONS="4",
+    return isolated_env(
+        {
+            "LAMBDA_ARCH_HOME": str(home),
+            "LAMBDA_ARCH_START_DATE": START_DATE,
+            "LAMBDA_ARCH_BROKER_PORT": str(broker_port),
+            "LAMBDA_ARCH_DAGSTER_PORT": str(dagster_port),
+            "LAMBDA_ARCH_SPARK_CONNECT_PORT": str(connect_port),
+            "LAMBDA_ARCH_TOPIC_PARTITIONS": "2",
+            "LAMBDA_ARCH_SHUFFLE_PARTITIONS": "4",
+        }
     )
-    return env

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, define_asset_job, in_process_executor
+from dagster import AssetSelection, define_asset_job, in_process_executor, multiprocess_executor
 
 from assets.batch import BATCH_ASSETS, BATCH_TAGS, DAILY
 from assets.serving import SERVING_ASSETS
-from assets.speed import SPARK_TAGS, SPEED_ASSETS
+from assets.speed import (
+    SPARK_TAGS,
+    SPEED_ASSETS,
+    STREAM_JOB_NAME,
+    STREAM_TAGS,
+    discovery_speed,
+    trending_speed,
+)
 
 SPEED_JOB_NAME = "speed_job"
 BATCH_JOB_NAME = "batch_job"
@@ -40,4 +47,20 @@ batch_job = define_asset_job(
     executor_def=in_process_executor,
     tags=BATCH_TAGS,
     description="Recompute daily partitions of the batch views from the lake's history.",
+)
+
+# LAMBDA_ARCH_SPEED_STREAM_S > 0: trending and discovery as continuous queries, one per step,
+# both at once (one process each), the serving store refreshed after every micro-batch. The
+# sensor sensors/stream.py keeps one such run going; speed_job's runs of the same assets then
+# find their checkpoints held and return once the stream has passed the topic's end offsets.
+views_stream_job = define_asset_job(
+    STREAM_JOB_NAME,
+    selection=AssetSelection.assets(trending_speed, discovery_speed),
+    executor_def=multiprocess_executor.configured({"max_concurrent": 2}),
+    # A Spark slot of its own: a stream runs for minutes and must not hold speed_job back.
+    tags=STREAM_TAGS,
+    description=(
+        "trending_speed and discovery_speed as continuous queries for LAMBDA_ARCH_SPEED_STREAM_S "
+        "seconds (a micro-batch every LAMBDA_ARCH_SPEED_TRIGGER_S), serving refreshed after each."
+    ),
 )

@@ -4,6 +4,7 @@ Each asset is a short story: open the run's Spark session, catch one query up wi
 (`lambda_arch.speed`), report what it did as metadata the Dagster UI can plot.
 """
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 from dagster import (
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
     AssetSpec,
     DataVersion,
     MaterializeResult,
@@ -21,7 +23,7 @@ from dagster import (
     observable_source_asset,
 )
 
-from lambda_arch import speed
+from lambda_arch import serving, speed
 from lambda_arch.config import Settings
 from lambda_arch.kafka_offsets import KafkaOffsetsError, offset_bounds
 from lambda_arch.ranking import Window, markdown_table, top_titles
@@ -37,10 +39,17 @@ RAW_ASSET = AssetKey("play_events_raw")
 QUARANTINE_ASSET = AssetKey("play_events_quarantine")
 # Runs of Spark assets carry this tag: dagster.yaml limits how many run at once.
 SPARK_TAGS = {"lambda_arch/spark": "speed"}
+# Continuous views get a slot of their own: a stream runs for minutes and must not hold the
+# availableNow speed runs back.
+STREAM_TAGS = {"lambda_arch/spark": "stream"}
 # Order of the steps of a speed run (Dagster runs ready steps by this priority, highest first):
 # trending and its serving refresh first, landing and the checks last, so what users query
 # is fresh before the run has finished (benchmarks/freshness.py).
 PRIORITY = {"trending": 40, "discovery": 30, "sessions": 20, "landing": 10}
+# The job that runs trending_speed and discovery_speed as continuous queries (assets/jobs.py).
+STREAM_JOB_NAME = "views_stream_job"
+# A continuous query reports its assets as materialized at most this often (Dagster events).
+PUBLISH_EVERY_S = 30.0
 
 
 def step_priority(view: str) -> dict[str, str]:
@@ -108,10 +117,18 @@ def _speed_asset(
     ) -> MaterializeResult:
         config = settings.get()
         session = spark.session()
-        report = run(session, config)
+        if context.run.job_name == STREAM_JOB_NAME and config.speed_stream_s > 0:
+            report = _stream(context, session, config, name)
+        else:
+            report = run(session, config)
         context.log.info(
             f"{name}: {report.events_read} events in {report.micro_batches} micro-batches, "
             f"{report.late_events} late, watermark {report.watermark}"
+            + (
+                ", caught up by the run holding its checkpoint"
+                if report.caught_up_by_holder
+                else ""
+            )
         )
         metadata = run_metadata(config, report)
         if extra is not None:
@@ -119,6 +136,44 @@ def _speed_asset(
         return MaterializeResult(metadata=metadata)
 
     return _asset
+
+
+def _stream(
+    context: AssetExecutionContext, session: "SparkSession", config: Settings, name: str
+) -> StreamReport:
+    """A count view as a continuous query for `LAMBDA_ARCH_SPEED_STREAM_S` seconds: the serving
+    store is refreshed after every micro-batch, and both assets are reported as materialized at
+    most every PUBLISH_EVERY_S seconds, so the UI follows the stream while the run goes on."""
+    view = name.removesuffix("_speed")
+    store = serving.ServingStore.from_settings(config)
+    published = {"at": time.monotonic(), "events": 0, "batches": 0}
+
+    def on_batch(batch: StreamReport) -> None:
+        refresh = serving.refresh_view(config, store, view)
+        published["events"] += batch.events_read
+        published["batches"] += 1
+        if time.monotonic() - published["at"] < PUBLISH_EVERY_S:
+            return
+        metadata = {
+            **run_metadata(config, batch),
+            "events_since_last_report": published["events"],
+            "micro_batches_since_last_report": published["batches"],
+        }
+        context.log_event(AssetMaterialization(asset_key=context.asset_key, metadata=metadata))
+        context.log_event(
+            AssetMaterialization(asset_key=AssetKey(f"{view}_serving"), metadata=refresh.metadata())
+        )
+        published.update(at=time.monotonic(), events=0, batches=0)
+
+    context.log.info(
+        f"{name}: continuous query for {config.speed_stream_s} s, a micro-batch every "
+        f"{config.speed_trigger_s:g} s, serving refreshed after each"
+    )
+    report = speed.stream_view(
+        session, config, name, stream_s=config.speed_stream_s, on_batch=on_batch
+    )
+    serving.refresh_view(config, store, view)
+    return report
 
 
 def _trending_top10(

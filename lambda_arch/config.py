@@ -45,6 +45,8 @@ EXPECTED: dict[str, str] = {
     "LAMBDA_ARCH_QUARANTINE_ERROR_RATIO": "a ratio from 0 to 1, e.g. 0.05",
     "LAMBDA_ARCH_SPEED_FRESHNESS_MIN": "a whole number of minutes >= 1",
     "LAMBDA_ARCH_QUALITY_MAX_ROWS": "a whole number >= 1",
+    "LAMBDA_ARCH_SPEED_STREAM_S": "a whole number of seconds >= 0 (0: no continuous views)",
+    "LAMBDA_ARCH_SPEED_TRIGGER_S": "a number of seconds from 0.1 to 600, e.g. 2",
 }
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -108,6 +110,13 @@ class Settings(BaseSettings):
     speed_freshness_min: int = Field(15, ge=1, validation_alias="LAMBDA_ARCH_SPEED_FRESHNESS_MIN")
     # Most rows a Great Expectations check brings to the driver; larger scopes are sampled.
     quality_max_rows: int = Field(200_000, ge=1, validation_alias="LAMBDA_ARCH_QUALITY_MAX_ROWS")
+    # > 0: trending and discovery also run as continuous queries (views_stream_job, kept running
+    # by a sensor) of this many seconds per run, a micro-batch every speed_trigger_s seconds and
+    # the serving store refreshed after each; 0: only availableNow runs (speed_job).
+    speed_stream_s: int = Field(0, ge=0, validation_alias="LAMBDA_ARCH_SPEED_STREAM_S")
+    speed_trigger_s: float = Field(
+        2.0, ge=0.1, le=600, validation_alias="LAMBDA_ARCH_SPEED_TRIGGER_S"
+    )
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

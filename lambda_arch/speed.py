@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 
 from lambda_arch.config import Settings
+from lambda_arch.kafka_offsets import KafkaOffsetsError, end_offsets
 from lambda_arch.kafka_source import (
     SOURCE_NAME,
     pending_data_loss,
@@ -42,7 +44,13 @@ from lambda_arch.kafka_source import (
     source_options,
 )
 from lambda_arch.spark_schema import QUARANTINE_REASON_COLUMN, parse_events
-from lambda_arch.streaming import StreamReport, run_available_now
+from lambda_arch.streaming import (
+    CheckpointBusyError,
+    StreamReport,
+    committed_offsets,
+    run_available_now,
+    run_stream,
+)
 from lambda_arch.transforms import (
     DISCOVERY_SCHEMA,
     SESSION_COLUMNS,
@@ -67,6 +75,8 @@ SESSIONS = "sessions_speed"
 LANDING = "landing"
 # Every checkpointed query of the speed layer, landing first (as a speed run runs them).
 QUERIES = (LANDING, TRENDING, DISCOVERY, SESSIONS)
+# The count views, by query name: what `stream_view` can run as a continuous query.
+STREAMED_VIEWS = {TRENDING: trending_counts, DISCOVERY: discovery_counts}
 STATE_DIR = "_state"
 
 # Spark drops a row when event_time <= watermark, the contract only when it is older (<). One
@@ -254,6 +264,13 @@ def _run_view(
     lock_timeout_s: float,
 ) -> StreamReport:
     paths = paths or SpeedPaths.from_settings(settings)
+    writer, checkpoint = _view_writer(spark, settings, paths, name, view)
+    return _run(spark, settings, paths, name, writer, checkpoint, timeout_s, lock_timeout_s)
+
+
+def _view_writer(
+    spark: SparkSession, settings: Settings, paths: SpeedPaths, name: str, view: Any
+) -> tuple[Any, str]:
     table = paths.table(name)
     checkpoint = checkpoint_of(settings, name)
     _check_fresh(checkpoint, table)
@@ -264,7 +281,48 @@ def _run_view(
         .writeStream.outputMode("append")
         .foreachBatch(partial(write_view_batch, view, spark_path(table)))
     )
-    return _run(spark, settings, paths, name, writer, checkpoint, timeout_s, lock_timeout_s)
+    return writer, checkpoint
+
+
+def stream_view(
+    spark: SparkSession,
+    settings: Settings,
+    name: str,
+    *,
+    stream_s: float,
+    on_batch: Callable[[StreamReport], None] | None = None,
+    paths: SpeedPaths | None = None,
+    lock_timeout_s: float = 300.0,
+) -> StreamReport:
+    """Run a count view (`trending_speed` or `discovery_speed`) as a continuous query for about
+    `stream_s` seconds, a micro-batch every `settings.speed_trigger_s` seconds.
+
+    Same checkpoint, tables and semantics as its availableNow run (the two take turns on the
+    checkpoint's lock). After each micro-batch the state file is saved, then `on_batch` gets
+    that batch's report (e.g. to refresh the serving store).
+    """
+    paths = paths or SpeedPaths.from_settings(settings)
+    writer, checkpoint = _view_writer(spark, settings, paths, name, STREAMED_VIEWS[name])
+
+    def publish(batch: StreamReport) -> None:
+        state = _save_state(paths, name, settings, batch)
+        if on_batch is not None:
+            on_batch(replace(batch, watermark=_parse_time(state.get("watermark"))))
+
+    report = run_stream(
+        name,
+        writer,
+        checkpoint,
+        lock_dir=lock_dir_of(settings),
+        stream_s=stream_s,
+        trigger_s=settings.speed_trigger_s,
+        on_batch=publish,
+        lock_timeout_s=lock_timeout_s,
+        spark=spark,
+        session_conf=SPEED_SESSION_CONF,
+    )
+    state = read_speed_state(paths, name) or {}
+    return replace(report, watermark=_parse_time(state.get("watermark")))
 
 
 def _run(
@@ -277,27 +335,79 @@ def _run(
     timeout_s: float | None,
     lock_timeout_s: float,
 ) -> StreamReport:
-    # Measured before the run: afterwards the checkpoint has moved past the gap. (When data
-    # loss fails the run, the run's own error names the gap.)
-    gaps = (
-        []
-        if settings.fail_on_data_loss
-        else pending_data_loss(checkpoint, settings.bootstrap_servers, settings.topic)
-    )
-    report = run_available_now(
-        name,
-        writer,
-        checkpoint,
-        lock_dir=lock_dir_of(settings),
-        timeout_s=timeout_s,
-        lock_timeout_s=lock_timeout_s,
-        spark=spark,
-        session_conf=SPEED_SESSION_CONF,
-    )
+    # What this run owes its caller: every record on the topic now. When another run holds the
+    # checkpoint (a continuous query of views_stream_job, an overlapping sensor or CLI run), it
+    # is enough that the holder has committed past these offsets.
+    target = _end_offsets(settings)
+    deadline = time.monotonic() + lock_timeout_s
+    while True:
+        # Measured before the run: afterwards the checkpoint has moved past the gap. (When data
+        # loss fails the run, the run's own error names the gap.)
+        gaps = (
+            []
+            if settings.fail_on_data_loss
+            else pending_data_loss(checkpoint, settings.bootstrap_servers, settings.topic)
+        )
+        try:
+            report = run_available_now(
+                name,
+                writer,
+                checkpoint,
+                lock_dir=lock_dir_of(settings),
+                timeout_s=timeout_s,
+                lock_timeout_s=min(_BUSY_PROBE_S, max(deadline - time.monotonic(), 0.0)),
+                spark=spark,
+                session_conf=SPEED_SESSION_CONF,
+            )
+            break
+        except CheckpointBusyError:
+            caught_up = _caught_up_by_holder(name, checkpoint, target)
+            if caught_up is not None:
+                state = read_speed_state(paths, name) or {}
+                return replace(caught_up, watermark=_parse_time(state.get("watermark")))
+            if time.monotonic() >= deadline:
+                raise
     state = _save_state(paths, name, settings, report)
     # Report the contract's watermark (latest event time seen - lateness), not Spark's
     # (1 ms less, see SPARK_WATERMARK_MARGIN), and also after a run that read nothing.
     return replace(report, watermark=_parse_time(state.get("watermark")), data_loss=tuple(gaps))
+
+
+# How long one wait for a busy checkpoint's lock lasts before its offsets are looked at again.
+_BUSY_PROBE_S = 1.0
+
+
+def _end_offsets(settings: Settings) -> dict[int, int] | None:
+    try:
+        return end_offsets(settings.bootstrap_servers, settings.topic)
+    except KafkaOffsetsError:
+        return None  # the run itself will say what is wrong with the broker
+
+
+def _caught_up_by_holder(
+    name: str, checkpoint: str, target: dict[int, int] | None
+) -> StreamReport | None:
+    """A report of no work when the checkpoint's holder has committed every target offset."""
+    committed = committed_offsets(checkpoint)
+    if target is None or committed is None:
+        return None
+    if any(committed.get(partition, 0) < offset for partition, offset in target.items()):
+        return None
+    return StreamReport(
+        name=name,
+        checkpoint=checkpoint,
+        micro_batches=0,
+        events_read=0,
+        start_offsets=committed,
+        offsets=committed,
+        duration_s=0.0,
+        events_per_s=0.0,
+        max_event_time=None,
+        watermark=None,
+        late_events=0,
+        observed={},
+        caught_up_by_holder=True,
+    )
 
 
 def _ship_code(spark: SparkSession, *modules: ModuleType) -> None:

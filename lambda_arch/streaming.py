@@ -18,7 +18,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 PROGRESS_RETENTION_CONF = "spark.sql.streaming.numRecentProgressUpdates"
 PROGRESS_RETENTION = "1000"
 _POLL_S = 0.25
+# A continuous query still busy this long after its time is stopped mid-batch.
+_STOP_GRACE_S = 60.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Session confs are read when a query starts (Spark clones the session then): setting them,
 # starting and restoring happen under one lock so concurrent starts do not see each other's.
@@ -140,6 +142,9 @@ class StreamReport:
     batches: tuple[BatchProgress, ...] = field(default=(), repr=False)
     # Offsets the run resumed from that the broker no longer held (only with failOnDataLoss=false).
     data_loss: tuple[Gap, ...] = ()
+    # True: another run held the checkpoint and had already committed every record this run
+    # was asked for (a continuous query, say), so this one read nothing itself.
+    caught_up_by_holder: bool = False
 
     def metadata(self) -> dict[str, int | float | str]:
         """Flat plain values for Dagster metadata (timestamps as ISO text, offsets as JSON)."""
@@ -158,6 +163,8 @@ class StreamReport:
             result["max_event_time"] = _iso(self.max_event_time)
         if self.watermark is not None:
             result["watermark"] = _iso(self.watermark)
+        if self.caught_up_by_holder:
+            result["caught_up_by"] = "the run holding the checkpoint (e.g. views_stream_job)"
         if self.data_loss:
             result["data_loss_partitions"] = len(self.data_loss)
             result["data_loss"] = json.dumps(
@@ -269,12 +276,18 @@ class _ProgressLog:
     def __init__(self) -> None:
         self.by_batch: dict[int, dict[str, Any]] = {}
 
-    def update(self, query: StreamingQuery) -> None:
+    def update(self, query: StreamingQuery) -> list[dict[str, Any]]:
+        """Merge the query's recent progress; returns the batches not seen before, in order."""
+        new: list[dict[str, Any]] = []
         for raw in query.recentProgress:
             progress = _progress_dict(raw)
             if not _executed(progress):
                 continue
-            self.by_batch[int(progress["batchId"])] = progress
+            batch_id = int(progress["batchId"])
+            if batch_id not in self.by_batch:
+                new.append(progress)
+            self.by_batch[batch_id] = progress
+        return sorted(new, key=lambda p: int(p["batchId"]))
 
     def ordered(self) -> list[dict[str, Any]]:
         return [self.by_batch[b] for b in sorted(self.by_batch)]
@@ -291,7 +304,7 @@ def _report(
         end = ends[-1] if ends else {}
     else:
         # Nothing ran: the run starts and ends where the last committed batch ended.
-        start = end = _committed_offsets(checkpoint) or {}
+        start = end = committed_offsets(checkpoint) or {}
     events = sum(b.input_rows for b in batches)
     max_times = [b.max_event_time for b in batches if b.max_event_time is not None]
     return StreamReport(
@@ -311,7 +324,8 @@ def _report(
     )
 
 
-def _committed_offsets(checkpoint: str) -> dict[int, int] | None:
+def committed_offsets(checkpoint: str) -> dict[int, int] | None:
+    """Where the query of a (local) checkpoint resumes, per Kafka partition; None if unknown."""
     if "://" in checkpoint and not checkpoint.startswith("file:"):
         return None
     try:
@@ -399,34 +413,115 @@ def run_available_now(
     - A query failure becomes StreamFailedError (StreamDataLossError for Kafka data loss) with
       a one-line message.
     """
+    return _run_query(
+        name,
+        writer.trigger(availableNow=True),
+        checkpoint,
+        lock_dir=lock_dir,
+        timeout_s=timeout_s,
+        lock_timeout_s=lock_timeout_s,
+        spark=spark,
+        session_conf=session_conf,
+    )
+
+
+def run_stream(
+    name: str,
+    writer: DataStreamWriter,
+    checkpoint: str,
+    *,
+    lock_dir: Path,
+    stream_s: float,
+    trigger_s: float,
+    on_batch: Callable[[StreamReport], None] | None = None,
+    lock_timeout_s: float = 300.0,
+    spark: SparkSession | None = None,
+    session_conf: Mapping[str, str] | None = None,
+) -> StreamReport:
+    """Run `writer` as a continuous query (a micro-batch every `trigger_s` seconds when there is
+    data) for about `stream_s` seconds, then stop it between two micro-batches.
+
+    No run start per micro-batch: freshness is the trigger interval plus one small batch.
+    `on_batch` gets a one-batch report as soon as each micro-batch has committed (the caller
+    publishes it: state file, serving refresh). Locking, session conf and failures as in
+    `run_available_now`; the returned report sums every batch of the run.
+    """
+    return _run_query(
+        name,
+        writer.trigger(processingTime=f"{int(trigger_s * 1000)} milliseconds"),
+        checkpoint,
+        lock_dir=lock_dir,
+        lock_timeout_s=lock_timeout_s,
+        spark=spark,
+        session_conf=session_conf,
+        stream_s=stream_s,
+        on_batch=on_batch,
+    )
+
+
+def _run_query(
+    name: str,
+    triggered: DataStreamWriter,
+    checkpoint: str,
+    *,
+    lock_dir: Path,
+    lock_timeout_s: float,
+    spark: SparkSession | None,
+    session_conf: Mapping[str, str] | None,
+    timeout_s: float | None = None,
+    stream_s: float | None = None,
+    on_batch: Callable[[StreamReport], None] | None = None,
+) -> StreamReport:
     if session_conf and spark is None:
         raise ValueError("session_conf needs the SparkSession (spark=...)")
     with checkpoint_lock(lock_dir, checkpoint, timeout_s=lock_timeout_s):
         started = time.monotonic()
-        configured = (
-            writer.queryName(name)
-            .option("checkpointLocation", checkpoint)
-            .trigger(availableNow=True)
-        )
+        configured = triggered.queryName(name).option("checkpointLocation", checkpoint)
         try:
             query = _start(configured, spark, session_conf or {})
         except Exception as error:  # analysis errors, unsupported operations
             _raise_failure(name, error)
         log = _ProgressLog()
+
+        def publish() -> None:
+            for progress in log.update(query):
+                if on_batch is not None:
+                    on_batch(_report(name, checkpoint, [progress], _duration_s(progress)))
+
         try:
             while query.isActive:
-                log.update(query)
-                if timeout_s is not None and time.monotonic() - started > timeout_s:
+                publish()
+                elapsed = time.monotonic() - started
+                if timeout_s is not None and elapsed > timeout_s:
                     query.stop()
                     raise StreamTimeoutError(
                         f"streaming query {name!r} did not finish within {timeout_s:g} s and "
                         "was stopped"
                     )
+                # Stop between micro-batches: one stopped half-way is redone by the next run
+                # (idempotent per batch id), but that costs its time twice.
+                if _time_to_stop(query, stream_s, elapsed):
+                    query.stop()
+                    break
                 query.awaitTermination(_POLL_S)
             query.awaitTermination()  # raises the query's failure, if any
+            publish()
         except StreamTimeoutError:
             raise
         except Exception as error:
             _raise_failure(name, error)
-        log.update(query)
+        finally:
+            if query.isActive:  # a failure of on_batch: the query must not outlive the run
+                query.stop()
         return _report(name, checkpoint, log.ordered(), time.monotonic() - started)
+
+
+def _time_to_stop(query: StreamingQuery, stream_s: float | None, elapsed: float) -> bool:
+    """Whether a continuous query has had its time and no micro-batch is running right now."""
+    if stream_s is None or elapsed < stream_s:
+        return False
+    return elapsed >= stream_s + _STOP_GRACE_S or not query.status.get("isTriggerActive")
+
+
+def _duration_s(progress: dict[str, Any]) -> float:
+    return int((progress.get("durationMs") or {}).get("triggerExecution") or 0) / 1000

@@ -40,6 +40,7 @@ from lambda_arch.speed import (
     run_landing,
     run_sessions_speed,
     run_trending_speed,
+    stream_view,
 )
 from lambda_arch.streaming import (
     CheckpointBusyError,
@@ -529,3 +530,75 @@ def test_lag_and_metadata_of_an_empty_report() -> None:
         "watermark": "2026-03-01T12:00:00.000Z",
         "observed.input.records": 2,
     }
+
+
+def test_stream_view_serves_as_it_goes_and_hands_over_to_available_now(
+    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
+) -> None:
+    """A continuous trending query: every micro-batch is published while it runs, an
+    availableNow run of the same view meanwhile returns once the stream has passed the topic's
+    end offsets (it never waits for the stream to end), and the counts are the model's."""
+    kafka = new_topic(broker, topic)
+    kafka.send(generated(200, seed=5, late_rate=0.0))
+    settings = settings_for(tmp_path / "home", kafka, max_events=150).model_copy(
+        update={"speed_trigger_s": 0.5}
+    )
+    paths = SpeedPaths(str(tmp_path / "speed"))
+    published: list[StreamReport] = []
+    outcome: list[StreamReport | BaseException] = []
+
+    def stream() -> None:
+        try:
+            outcome.append(
+                stream_view(
+                    spark,
+                    settings,
+                    "trending_speed",
+                    stream_s=20,
+                    on_batch=published.append,
+                    paths=paths,
+                )
+            )
+        except BaseException as error:
+            outcome.append(error)
+
+    def events_published() -> int:
+        return sum(batch.events_read for batch in published)
+
+    def wait_for(events: int) -> None:
+        deadline = time.monotonic() + 60
+        while events_published() < events and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.2)
+        assert events_published() >= events, (events_published(), outcome)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    wait_for(200)
+    state = read_speed_state(paths, "trending_speed")  # saved before on_batch is called
+    assert state is not None and sum(state["offsets"].values()) >= 150
+
+    kafka.send(generated(100, seed=6, late_rate=0.0))
+    handed_over = run_trending_speed(spark, settings, paths)
+    assert thread.is_alive(), "the availableNow run waited for the stream to end"
+    assert handed_over.caught_up_by_holder and handed_over.events_read == 0
+    assert handed_over.offsets == end_offsets(kafka.bootstrap, kafka.name)
+    assert handed_over.metadata()["caught_up_by"]
+    wait_for(300)
+    thread.join(90)
+    assert not thread.is_alive()
+    report = outcome[-1]
+    assert isinstance(report, StreamReport), report
+    check_report(report, kafka, 150)
+    assert report.events_read == 300 == events_published()
+    assert [b.batch_id for b in report.batches] == [
+        b.batch_id for p in published for b in p.batches
+    ]
+    model = Model()
+    model.apply(report, kafka.records)
+    assert counts_of(read_trending_speed(spark, paths)) == ref_trending(model.counted)
+    assert report.watermark == model.watermark
+
+    # The lock is free again: a plain availableNow run, with nothing new to read.
+    after = run_trending_speed(spark, settings, paths)
+    assert not after.caught_up_by_holder and after.events_read == 0
+    assert after.offsets == report.offsets

@@ -554,7 +554,7 @@ def test_stream_view_serves_as_it_goes_and_hands_over_to_available_now(
                     spark,
                     settings,
                     "trending_speed",
-                    stream_s=20,
+                    stream_s=15,
                     on_batch=published.append,
                     paths=paths,
                 )

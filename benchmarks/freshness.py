@@ -16,12 +16,16 @@ every phase of the sensor / run cycle. Prints p50, p95 and max of marker-to-visi
 (goal p95 <= 30 s) and, from the Dagster instance of that home, what bounds it: per speed run
 its queue-to-start delay, its duration and its steps (landing, trending_speed, ...,
 trending_serving), the lag sensor's tick interval, and per marker how its latency splits into
-waiting for a run to be created, queue-to-start, and run start to visible.
+waiting for a run to be created, queue-to-start, and run start to visible. With --stream-s
+(default 600: `make demo`'s setting) trending and discovery run as continuous queries
+(views_stream_job) and it prints, per marker, the wait for the micro-batch that read it, that
+micro-batch, and commit to visible, from the times of the checkpoint's offset and commit logs.
 
 Every process it starts runs in its own process group and is stopped by PID in a finally block
 (SIGTERM; SIGKILL for whatever of the tree is left after a timeout).
 
     .venv/bin/python benchmarks/freshness.py [--markers 20] [--rate 2000] [--warmup 30]
+        [--stream-s 600] [--trigger-s 2]
 """
 
 from __future__ import annotations
@@ -138,7 +142,7 @@ class Children:
         psutil.wait_procs(leftovers, timeout=10)
 
 
-def child_env(home: Path, ports: dict[str, int]) -> dict[str, str]:
+def child_env(home: Path, ports: dict[str, int], stream_s: int, trigger_s: float) -> dict[str, str]:
     """This environment without lambda-arch, Kafka, Spark or Dagster settings, plus ours."""
     return isolated_env(
         {
@@ -146,6 +150,8 @@ def child_env(home: Path, ports: dict[str, int]) -> dict[str, str]:
             "LAMBDA_ARCH_BROKER_PORT": str(ports["broker"]),
             "LAMBDA_ARCH_DAGSTER_PORT": str(ports["dagster"]),
             "LAMBDA_ARCH_SPARK_CONNECT_PORT": str(ports["connect"]),
+            "LAMBDA_ARCH_SPEED_STREAM_S": str(stream_s),
+            "LAMBDA_ARCH_SPEED_TRIGGER_S": f"{trigger_s:g}",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -413,6 +419,57 @@ def report_runs(runs: list[SpeedRun], markers: list[Marker], ticks: list[float])
     print(f"  run to visible:  {_stats(runnings)}")
 
 
+@dataclass(frozen=True)
+class MicroBatch:
+    """One micro-batch of a checkpoint: when Spark planned it (offset log) and committed it."""
+
+    batch_id: int
+    planned: float
+    committed: float
+
+
+def micro_batches(checkpoint: Path) -> list[MicroBatch]:
+    """Every committed micro-batch of a local checkpoint, from its log files' times."""
+    batches = []
+    for commit in (checkpoint / "commits").glob("[0-9]*"):
+        offsets = checkpoint / "offsets" / commit.name
+        if offsets.exists():
+            batches.append(
+                MicroBatch(int(commit.name), offsets.stat().st_mtime, commit.stat().st_mtime)
+            )
+    return sorted(batches, key=lambda batch: batch.batch_id)
+
+
+def report_stream(batches: list[MicroBatch], markers: list[Marker], trigger_s: float) -> None:
+    """What bounds freshness with a continuous trending query: per marker, the wait for the
+    micro-batch that read it, that batch, and commit to visible (serving refresh, API poll)."""
+    print()
+    print(f"continuous trending query: {len(batches)} micro-batches, trigger every {trigger_s:g} s")
+    print(f"  micro-batch (plan to commit): {_stats([b.committed - b.planned for b in batches])}")
+    spacing = [b.planned - a.planned for a, b in itertools.pairwise(batches)]
+    print(f"  between micro-batch starts:   {_stats(spacing)}")
+    print("per marker: latency = wait for its micro-batch + micro-batch + commit to visible")
+    waits, runs, rests = [], [], []
+    for marker in markers:
+        if marker.visible_at is None:
+            print(f"  title {marker.title_id}: not visible")
+            continue
+        batch = next((b for b in batches if b.planned >= marker.sent_at), None)
+        if batch is None:
+            print(f"  title {marker.title_id}: {marker.latency_s:.1f} s (micro-batch not found)")
+            continue
+        wait, run = batch.planned - marker.sent_at, batch.committed - batch.planned
+        rest = marker.visible_at - batch.committed
+        waits.append(wait), runs.append(run), rests.append(rest)
+        print(
+            f"  title {marker.title_id}: {marker.latency_s:5.1f} s = wait {wait:4.1f} + "
+            f"batch {batch.batch_id} {run:4.1f} + to visible {rest:4.1f}"
+        )
+    print(f"  wait for its micro-batch: {_stats(waits)}")
+    print(f"  micro-batch:              {_stats(runs)}")
+    print(f"  commit to visible:        {_stats(rests)}")
+
+
 # Main -----------------------------------------------------------------------------------------
 
 
@@ -436,6 +493,14 @@ def main() -> None:
         "--budget", type=float, default=1500.0, help="s in all; no new marker after it"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary home")
+    parser.add_argument(
+        "--stream-s",
+        type=int,
+        default=600,
+        help="LAMBDA_ARCH_SPEED_STREAM_S: seconds per continuous views run (0: availableNow "
+        "speed runs only, launched by the lag sensor)",
+    )
+    parser.add_argument("--trigger-s", type=float, default=2.0, help="LAMBDA_ARCH_SPEED_TRIGGER_S")
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
 
@@ -445,7 +510,8 @@ def main() -> None:
     rng = random.Random(args.seed)
     home = Path(tempfile.mkdtemp(prefix="lambda-arch-freshness-"))
     ports = {name: free_port() for name in ("broker", "dagster", "connect", "api")}
-    env = child_env(home, ports)
+    env = child_env(home, ports, args.stream_s, args.trigger_s)
+    batches: list[MicroBatch] = []
     children = Children()
     markers: list[Marker] = []
     runs: list[SpeedRun] = []
@@ -455,6 +521,12 @@ def main() -> None:
     started = time.monotonic()
     deadline = started + args.budget
     print(f"home {home}, ports {ports}, cores {os.cpu_count()}, load {loads[0][0]:.1f}")
+    mode = (
+        f"continuous views runs of {args.stream_s} s, trigger {args.trigger_s:g} s"
+        if args.stream_s
+        else "availableNow speed runs only"
+    )
+    print(f"speed layer: {mode}", flush=True)
     try:
         up_log = home / "up.out"
         children.start("up", cli("up", "--no-traffic"), env, up_log)
@@ -511,6 +583,8 @@ def main() -> None:
                 producer.close(timeout=5)
         children.stop_all()
         with contextlib.suppress(Exception):
+            batches = micro_batches(home / "checkpoints" / "trending_speed")
+        with contextlib.suppress(Exception):
             runs = speed_runs(home / "dagster")
             ticks = sensor_ticks(home / "dagster", LAG_SENSOR)
         traffic_log = home / "traffic.out"
@@ -539,6 +613,8 @@ def main() -> None:
         )
     else:
         print(f"no marker became visible ({len(markers)} sent)")
+    if args.stream_s:
+        report_stream(batches, markers, args.trigger_s)
     report_runs(runs, markers, ticks)
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context, materialize
 
+import assets.speed
 from assets.batch import BATCH_ASSETS
 from lambda_arch.config import Settings
 from lambda_arch.definitions import defs
 from lambda_arch.serving import ServingStore
 from resources import build_resources
 from sensors.serving import serving_refresh_sensor
+from sensors.stream import views_stream_sensor
 from tests.assets.test_batch_assets import play, send
 
 DAY_START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -79,3 +82,48 @@ def test_speed_job_serves_what_it_counted_and_the_sensor_follows_batch_runs(
     again = store.trending(as_of=datetime(2026, 3, 2, 2, 0, tzinfo=UTC), window=26 * 60)
     assert again["titles"] == whole["titles"]
     assert again["batch_watermark"] == "2026-03-02T00:00:00Z"
+
+
+def stream_sensor(instance: DagsterInstance) -> RunRequest | SkipReason:
+    with build_sensor_context(instance=instance, resources=build_resources()) as context:
+        return views_stream_sensor(context)
+
+
+def test_views_stream_job_serves_while_it_runs_and_the_sensor_keeps_one_going(
+    spark, speed_env: Settings, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    skipped = stream_sensor(instance)
+    assert isinstance(skipped, SkipReason) and "LAMBDA_ARCH_SPEED_STREAM_S is 0" in str(skipped)
+
+    monkeypatch.setenv("LAMBDA_ARCH_SPEED_STREAM_S", "6")
+    monkeypatch.setenv("LAMBDA_ARCH_SPEED_TRIGGER_S", "0.5")
+    monkeypatch.setattr(assets.speed, "PUBLISH_EVERY_S", 0.0)  # report every micro-batch
+    request = stream_sensor(instance)
+    assert isinstance(request, RunRequest)
+
+    send(speed_env, plays())
+    job = defs.resolve_job_def("views_stream_job")
+    result = job.execute_in_process(instance=instance, tags=request.tags)
+    assert result.success
+    events = result.asset_materializations_for_node("trending_speed")
+    keys = [event.asset_key.to_user_string() for event in events]
+    # While it ran: the view and its serving asset, reported together per micro-batch; then
+    # the step's own materialization with the whole run's figures.
+    assert keys.count("trending_serving") >= 1 and keys[-1] == "trending_speed"
+    assert events[-1].metadata["events_read"].value == 78
+    during = [e for e in events if e.asset_key.to_user_string() == "trending_serving"]
+    assert during[0].metadata["speed_micro_batches_read"].value >= 1
+    assert during[-1].metadata["speed_watermark"].value == "2026-03-02T01:30:00Z"
+    assert any(
+        e.asset_key.to_user_string() == "discovery_serving"
+        for e in result.asset_materializations_for_node("discovery_speed")
+    )
+    store = ServingStore.from_settings(speed_env)
+    answer = store.trending(as_of=datetime(2026, 3, 2, 2, 0, tzinfo=UTC), window=26 * 60)
+    assert [t["plays"] for t in answer["titles"]] == [20, 20, 19, 19]
+
+    # A failed stream is retried after a pause, not on every tick.
+    failed = instance.create_run_for_job(job_def=job)
+    instance.report_run_failed(failed)
+    backing_off = stream_sensor(instance)
+    assert isinstance(backing_off, SkipReason) and "failed" in str(backing_off)

@@ -288,6 +288,25 @@ def speed_runs(dagster_home: Path) -> list[SpeedRun]:
         instance.dispose()
 
 
+def failed_steps(dagster_home: Path) -> list[str]:
+    """One line per failed step of any run of the instance: job, step and the error's message."""
+    from dagster import DagsterEventType, DagsterInstance
+
+    instance = DagsterInstance.from_config(str(dagster_home))
+    try:
+        lines = []
+        for record in instance.get_run_records():
+            run = record.dagster_run
+            for entry in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE):
+                data = entry.dagster_event.event_specific_data if entry.dagster_event else None
+                error = getattr(data, "error", None)
+                message = error.message.strip().splitlines()[0] if error else "?"
+                lines.append(f"{run.job_name} {run.run_id[:8]} step {entry.step_key}: {message}")
+        return lines
+    finally:
+        instance.dispose()
+
+
 def sensor_ticks(dagster_home: Path, name: str) -> list[float]:
     """Timestamps of the sensor's ticks, oldest first (empty when it cannot be read)."""
     from dagster import DagsterInstance
@@ -335,8 +354,11 @@ def _clock(moment: float | None) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%S.%f")[:-4]
 
 
-def report_runs(runs: list[SpeedRun], markers: list[Marker], ticks: list[float]) -> None:
-    """What bounds freshness: sensor ticks, run queueing, run and step durations, per marker."""
+def report_runs(
+    runs: list[SpeedRun], markers: list[Marker], ticks: list[float], per_marker: bool
+) -> None:
+    """What bounds freshness: sensor ticks, run queueing, run and step durations, per marker
+    (when speed runs serve the markers, not a continuous query)."""
     from sensors.kafka_lag import LAG_SENSOR_INTERVAL_S
 
     if markers:
@@ -383,7 +405,7 @@ def report_runs(runs: list[SpeedRun], markers: list[Marker], ticks: list[float])
         f"{_stats(intervals)}"
     )
 
-    if not markers:
+    if not markers or not per_marker:
         return
     print()
     print("per marker: latency = wait for a run to be created + queue + run start to visible")
@@ -512,6 +534,7 @@ def main() -> None:
     ports = {name: free_port() for name in ("broker", "dagster", "connect", "api")}
     env = child_env(home, ports, args.stream_s, args.trigger_s)
     batches: list[MicroBatch] = []
+    failures: list[str] = []
     children = Children()
     markers: list[Marker] = []
     runs: list[SpeedRun] = []
@@ -586,6 +609,8 @@ def main() -> None:
             batches = micro_batches(home / "checkpoints" / "trending_speed")
         with contextlib.suppress(Exception):
             runs = speed_runs(home / "dagster")
+        with contextlib.suppress(Exception):
+            failures = failed_steps(home / "dagster")
             ticks = sensor_ticks(home / "dagster", LAG_SENSOR)
         traffic_log = home / "traffic.out"
         tail = traffic_log.read_text()[-300:] if traffic_log.exists() else ""
@@ -615,7 +640,9 @@ def main() -> None:
         print(f"no marker became visible ({len(markers)} sent)")
     if args.stream_s:
         report_stream(batches, markers, args.trigger_s)
-    report_runs(runs, markers, ticks)
+    for failure in failures:
+        print(f"failed: {failure}")
+    report_runs(runs, markers, ticks, per_marker=not args.stream_s)
 
 
 if __name__ == "__main__":

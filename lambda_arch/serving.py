@@ -7,7 +7,7 @@ batch layer owns a session by the day of its last event, see `lambda_arch.batch`
 
 The store is one SQLite file (`$LAMBDA_ARCH_HOME/serving/serving.sqlite3`, WAL mode): readers in
 any number of processes (CLI, HTTP API) see a consistent snapshot while a refresh writes, each
-answer is one indexed range scan, and the file needs no server. It holds:
+answer is a few indexed range scans, and the file needs no server. It holds:
 - `<view>_batch`: every computed batch day of the view (all history: as-of queries for any past
   window read it, after the speed layer has been pruned);
 - `<view>_speed`: the speed layer's rows at or after the batch watermark (older ones are pruned
@@ -15,8 +15,9 @@ answer is one indexed range scan, and the file needs no server. It holds:
 - `<view>_batch_hourly`, `<view>_speed_hourly` (trending, discovery): the same plays summed per
   hour, per country and over all countries (country `*`). A window reads its whole hours there
   and only the minutes at its edges from the minute tables: a day's window over all countries
-  reads ~7k rows instead of ~21k. Every write to a minute table recomputes the hours it touched
-  from the minute rows in the same transaction, so both always agree;
+  reads ~7k rows instead of ~21k in benchmarks/serving.py's store. Every write to a minute
+  table updates the roll-up in the same transaction (a batch day or a pruning recomputes the
+  hours it touched from the minute rows, speed deltas add to theirs), so both always agree;
 - `batch_days`, `views`: which batch day version and which speed micro-batch each view holds,
   and both watermarks.
 
@@ -32,6 +33,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -325,7 +327,7 @@ def _upgrade(connection: sqlite3.Connection) -> None:
             return
         for spec in VIEWS.values():
             for table in spec.rolled_up:
-                roll_up(connection, spec, table, *_EVERYTHING)
+                _roll_up(connection, spec, table, *_EVERYTHING)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -713,12 +715,13 @@ def _time_index(spec: ViewSpec) -> int:
     return 3 if spec is SESSIONS else 0  # position of the split column in _store_rows tuples
 
 
-def roll_up(
+def _roll_up(
     connection: sqlite3.Connection, spec: ViewSpec, table: str, first: int, to: int
 ) -> None:
     """Recompute the hourly roll-up of a count view's minute table for every hour that
     [first, to) touches, from the minute rows: per country, then over all countries. Every
-    change to a minute table calls it in the same transaction, so the two never disagree."""
+    change to a minute table calls it (or `_add_to_roll_up`) in the same transaction, so the
+    two never disagree."""
     if table not in spec.rolled_up or first >= to:
         return
     hourly, key = f"{table}_hourly", spec.key
@@ -736,6 +739,25 @@ def roll_up(
     )
 
 
+def _add_to_roll_up(
+    connection: sqlite3.Connection, table: str, rows: Iterable[tuple[Any, ...]]
+) -> None:
+    """Add count deltas (minute, country, key, plays) to the hourly roll-up of `table`, per
+    country and over all countries. The speed layer's deltas take this way rather than
+    `_roll_up`: its cost follows the delta rows, not the rows of the hours they fall in (a
+    continuous refresh adds a few rows to a dense hour every few seconds)."""
+    sums: Counter[tuple[int, str, Any]] = Counter()
+    for minute, country, key, plays in rows:
+        hour = _hour_floor(minute)
+        sums[(hour, country, key)] += plays
+        sums[(hour, ALL_COUNTRIES, key)] += plays
+    connection.executemany(
+        f"INSERT INTO {table}_hourly VALUES (?, ?, ?, ?) "
+        f"ON CONFLICT DO UPDATE SET plays = plays + excluded.plays",
+        [(*bucket, plays) for bucket, plays in sums.items()],
+    )
+
+
 def _span(minutes: Iterable[int | None]) -> tuple[int, int]:
     """The half-open range from the first to the last of some minutes (None skipped); empty
     when there are none."""
@@ -749,13 +771,13 @@ def _insert_speed(
     if spec is SESSIONS:
         connection.executemany("INSERT INTO sessions_speed VALUES (?, ?, ?, ?, ?, ?)", rows)
         return
-    # Deltas of several micro-batches add up per bucket.
+    # Deltas of several micro-batches add up per bucket, and per hour in the roll-up.
     connection.executemany(
         f"INSERT INTO {spec.speed_store} VALUES (?, ?, ?, ?) "
         f"ON CONFLICT DO UPDATE SET plays = plays + excluded.plays",
         rows,
     )
-    roll_up(connection, spec, spec.speed_store, *_span(row[0] for row in rows))
+    _add_to_roll_up(connection, spec.speed_store, rows)
 
 
 def prune_speed(connection: sqlite3.Connection, spec: ViewSpec, before: int | None) -> int:
@@ -766,7 +788,7 @@ def prune_speed(connection: sqlite3.Connection, spec: ViewSpec, before: int | No
         f"DELETE FROM {spec.speed_store} WHERE {spec.time_column} < ?", (to,)
     ).rowcount
     if deleted:
-        roll_up(connection, spec, spec.speed_store, _EVERYTHING[0], to)
+        _roll_up(connection, spec, spec.speed_store, _EVERYTHING[0], to)
     return deleted
 
 
@@ -787,7 +809,7 @@ def _delete_batch_day(
 def drop_batch_day(connection: sqlite3.Connection, spec: ViewSpec, dt: str) -> None:
     """Forget one batch day of a view (its state is gone from the lake), roll-up included."""
     old = _delete_batch_day(connection, spec, dt)
-    roll_up(connection, spec, spec.batch_store, *_span(old))
+    _roll_up(connection, spec, spec.batch_store, *_span(old))
     connection.execute("DELETE FROM batch_days WHERE view = ? AND dt = ?", (spec.name, dt))
 
 
@@ -808,7 +830,7 @@ def replace_batch_day(
     )
     if spec.key is not None:
         # The hours of the old rows and of the new ones, in one recomputation.
-        roll_up(connection, spec, spec.batch_store, *_span([*old, *(row[0] for row in rows)]))
+        _roll_up(connection, spec, spec.batch_store, *_span([*old, *(row[0] for row in rows)]))
     connection.execute(
         "INSERT OR REPLACE INTO batch_days VALUES (?, ?, ?, ?)",
         (spec.name, dt, computed_at, len(rows)),

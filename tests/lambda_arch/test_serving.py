@@ -1,16 +1,20 @@
 """The serving layer against an independent recomputation, on traffic landed from a real broker
 through real Spark speed and batch runs: windows wholly in batch, wholly in speed and straddling
 the batch watermark, before and after late events are absorbed; duplicates and malformed
-records included. Also the merge rules on their own and the store's incremental refresh."""
+records included. Also the merge rules on their own, the store's incremental refresh, and its
+hourly roll-up against the minutes it sums (on and off the hour, across the batch watermark, after
+a batch day is replaced or dropped, speed rows pruned, and in a store written before it existed)."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import random
 import sqlite3
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -22,7 +26,7 @@ from lambda_arch.config import Settings
 from lambda_arch.generator import TrafficConfig, generate
 from lambda_arch.lake import Lake
 from lambda_arch.producer import ensure_topic, make_producer
-from lambda_arch.schema import PlayEvent, parse_payload
+from lambda_arch.schema import DISCOVERY_SOURCES, PlayEvent, parse_payload
 from lambda_arch.serving import ServingError, ServingStore, split_window
 from lambda_arch.speed import (
     run_discovery_speed,
@@ -289,7 +293,28 @@ def assert_answers_match(store: ServingStore, oracle: Oracle) -> int:
         allowed = [public(s) for s in must + may]
         assert all(session in allowed for session in served), member
         compared += 1
+    assert_rollups_agree(store)
     return compared
+
+
+def assert_rollups_agree(store: ServingStore) -> None:
+    """Every hourly roll-up holds exactly the sums of its minute table, per (hour, country,
+    key) and per (hour, key) over all countries, recomputed here in plain Python."""
+    with closing(sqlite3.connect(store.path)) as connection:
+        for spec in (serving.TRENDING, serving.DISCOVERY):
+            for table in (spec.batch_store, spec.speed_store):
+                want: Counter[tuple] = Counter()
+                for minute, country, key, plays in connection.execute(
+                    f"SELECT minute, country, {spec.key}, plays FROM {table}"
+                ):
+                    hour = minute // 3600 * 3600
+                    want[(hour, country, key)] += plays
+                    want[(hour, "*", key)] += plays
+                got = connection.execute(
+                    f"SELECT hour, country, {spec.key}, plays FROM {table}_hourly"
+                ).fetchall()
+                assert {(h, c, k): p for h, c, k, p in got} == dict(want), table
+                assert len(got) == len(want), table
 
 
 def test_serving_equals_an_independent_recomputation_before_and_after_late_data(
@@ -416,6 +441,201 @@ def test_the_batch_watermark_is_the_end_of_the_contiguous_days() -> None:
     assert serving.contiguous_watermark(d, days) == datetime(2026, 3, 3, tzinfo=UTC)
     assert serving.contiguous_watermark(d + timedelta(days=1), []) is None
     assert serving.contiguous_watermark(None, days) is None
+
+
+# The hourly roll-up: answers equal to the minutes it sums -----------------------------------------
+
+ROLL_COUNTRIES = ("US", "BR", "DE")
+
+
+def plays_between(first: datetime, last: datetime, seed: int, count: int) -> list[PlayEvent]:
+    """`count` plays at random seconds of [first, last) over a few titles, countries and
+    sources (an hour holds several keys per country, a key several countries)."""
+    rng = random.Random(seed)
+    seconds = int((last - first).total_seconds())
+    return [
+        PlayEvent(
+            event_id=f"{seed}-{n}",
+            event_type="play_start",
+            event_time=first + timedelta(seconds=rng.randrange(seconds)),
+            member_id=rng.randrange(50),
+            title_id=rng.randrange(8),
+            country=rng.choice(ROLL_COUNTRIES),
+            device="tv",
+            discovery_source=rng.choice(DISCOVERY_SOURCES[:5]),
+            position_ms=None,
+        )
+        for n in range(count)
+    ]
+
+
+def count_rows(events: Iterable[PlayEvent], view: str) -> dict[str, list[tuple]]:
+    """A count view's store rows (minute, country, key, plays) per UTC date, as the batch
+    layer writes them."""
+    counts: Counter[tuple] = Counter()
+    for e in events:
+        minute = e.event_time.replace(second=0, microsecond=0)
+        key = e.title_id if view == "trending" else e.discovery_source
+        counts[(minute.date().isoformat(), int(minute.timestamp()), e.country, key)] += 1
+    by_day: dict[str, list[tuple]] = defaultdict(list)
+    for (dt, *row), plays in sorted(counts.items()):
+        by_day[dt].append((*row, plays))
+    return by_day
+
+
+# Batch plays on two whole days; speed plays (other ones: the split decides which layer counts)
+# from the middle of the second day on, so the speed table also holds rows before a watermark.
+ROLL_BATCH = plays_between(utc(0, 0, day=1), utc(0, 0, day=3), seed=1, count=3000)
+ROLL_SPEED = plays_between(utc(6, 0), utc(8, 0, day=3), seed=2, count=1500)
+ROLL_WATERMARKS = {"none": None, "day-end": utc(0, 0, day=3), "off-the-hour": utc(17, 30)}
+# As-of times on and off the hour (and with seconds), around both watermarks; windows shorter
+# than, equal to and longer than an hour, and a day and more.
+ROLL_AS_OF = [
+    utc(23, 0, day=1),
+    utc(0, 0),
+    utc(12, 37) + timedelta(seconds=41),
+    utc(17, 30),
+    utc(18, 0),
+    utc(19, 10),
+    utc(1, 0, day=3),
+    utc(7, 59, day=3),
+]
+ROLL_WINDOWS = [1, 59, 60, 61, 150, 1440, 2000]
+
+
+def rolled_store(
+    path: Path, batch_events: Sequence[PlayEvent], watermark: datetime | None
+) -> ServingStore:
+    """A store holding the plays' batch days (watermark as given) and ROLL_SPEED's speed rows,
+    added as two micro-batches whose buckets overlap (the second adds to the first)."""
+    store = ServingStore(path)
+    halves = (ROLL_SPEED[::2], ROLL_SPEED[1::2])
+    for view in ("trending", "discovery"):
+        days = {dt: ("v1", rows) for dt, rows in count_rows(batch_events, view).items()}
+        serving.load_batch_days(store, view, days, watermark)
+        for half in halves:
+            rows = [row for day in count_rows(half, view).values() for row in day]
+            with store.writing() as connection:
+                serving._insert_speed(connection, serving.VIEWS[view], rows)
+    return store
+
+
+def roll_oracle(batch_events: list[PlayEvent], watermark: datetime | None) -> Oracle:
+    return Oracle(batch_events, ROLL_SPEED, watermark, utc(8, 0, day=3))
+
+
+def assert_roll_answers(store: ServingStore, oracle: Oracle) -> int:
+    """Trending (top 3 and all) and discovery over the roll-up grid equal the plain-Python sums
+    of the plays; returns how many answers were compared."""
+    compared = 0
+    for country, as_of, window in itertools.product(
+        [None, *ROLL_COUNTRIES[:2]], ROLL_AS_OF, ROLL_WINDOWS
+    ):
+        where = (country, as_of, window)
+        for limit in (3, 1000):
+            got = store.trending(country=country, as_of=as_of, window=window, limit=limit)
+            assert got["titles"] == oracle.trending(as_of, window, country, limit), where
+        got = store.discovery(country=country, as_of=as_of, window=window)
+        assert got["sources"] == oracle.discovery(as_of, window, country), where
+        compared += 3
+    return compared
+
+
+@pytest.mark.parametrize(
+    ("first", "to", "hours"),
+    [
+        (utc(3, 0), utc(4, 0), [(utc(3, 0), utc(4, 0))]),  # one whole hour: roll-up only
+        (utc(3, 1), utc(4, 0), []),  # less than an hour: minutes only
+        (utc(3, 30), utc(4, 30), []),  # an hour across a boundary: no whole hour in it
+        (utc(3, 59), utc(5, 1), [(utc(4, 0), utc(5, 0))]),
+        (utc(3, 17), utc(3, 17, day=3), [(utc(4, 0), utc(3, 0, day=3))]),  # a day off the hour
+        (utc(0, 0), utc(0, 0, day=3), [(utc(0, 0), utc(0, 0, day=3))]),  # a day on the hour
+        (utc(3, 0), utc(3, 0), []),  # empty
+    ],
+)
+def test_reads_cover_each_minute_of_a_range_once(
+    first: datetime, to: datetime, hours: list[tuple[datetime, datetime]]
+) -> None:
+    first_s, to_s = int(first.timestamp()), int(to.timestamp())
+    reads = serving.reads_of("trending_batch", first_s, to_s)
+    assert [
+        (serving._from_seconds(r.first), serving._from_seconds(r.to))
+        for r in reads
+        if r.column == "hour"
+    ] == hours
+    covered = []
+    for read in reads:
+        assert read.table == (
+            "trending_batch_hourly" if read.column == "hour" else "trending_batch"
+        )
+        covered += range(read.first, read.to, 60)
+    assert sorted(covered) == list(range(first_s, to_s, 60))
+
+
+@pytest.mark.parametrize("watermark", ROLL_WATERMARKS.values(), ids=ROLL_WATERMARKS.keys())
+def test_rollup_answers_equal_the_minutes(tmp_path: Path, watermark: datetime | None) -> None:
+    store = rolled_store(tmp_path / "store.sqlite3", ROLL_BATCH, watermark)
+    assert_rollups_agree(store)
+    assert assert_roll_answers(store, roll_oracle(ROLL_BATCH, watermark)) == 3 * 3 * 8 * 7
+
+
+def test_replacing_or_dropping_a_batch_day_updates_the_rollup(tmp_path: Path) -> None:
+    watermark = utc(0, 0, day=3)
+    store = rolled_store(tmp_path / "store.sqlite3", ROLL_BATCH, watermark)
+    # Day 1 recomputed with other plays, none after noon: its afternoon hours must empty out.
+    redone = plays_between(utc(0, 0, day=1), utc(12, 0, day=1), seed=3, count=800)
+    second_day = [e for e in ROLL_BATCH if e.event_time >= utc(0, 0)]
+    with store.writing() as connection:
+        for view in ("trending", "discovery"):
+            rows = count_rows(redone, view)["2026-03-01"]
+            serving.replace_batch_day(connection, serving.VIEWS[view], "2026-03-01", "v2", rows)
+    assert_rollups_agree(store)
+    assert assert_roll_answers(store, roll_oracle(redone + second_day, watermark))
+    # Day 2 lost its state in the lake (refresh_view drops it).
+    with store.writing() as connection:
+        for view in ("trending", "discovery"):
+            serving.drop_batch_day(connection, serving.VIEWS[view], "2026-03-02")
+    assert_rollups_agree(store)
+    assert assert_roll_answers(store, roll_oracle(redone, watermark))
+    assert store.batch_days("trending") == {"2026-03-01": "v2"}
+
+
+def test_pruning_speed_rows_updates_the_rollup(tmp_path: Path) -> None:
+    watermark = utc(17, 30)  # off the hour: the speed roll-up keeps a part of 17:00
+    store = rolled_store(tmp_path / "store.sqlite3", ROLL_BATCH, watermark)
+    with store.writing() as connection:
+        pruned = [
+            serving.prune_speed(connection, spec, int(watermark.timestamp()))
+            for spec in (serving.TRENDING, serving.DISCOVERY)
+        ]
+    assert all(pruned)
+    assert_rollups_agree(store)
+    # The split never read speed rows before the watermark: the answers are unchanged.
+    assert assert_roll_answers(store, roll_oracle(ROLL_BATCH, watermark))
+    with store.writing() as connection:
+        for spec in (serving.TRENDING, serving.DISCOVERY):
+            serving.prune_speed(connection, spec, None)  # a rebuild of the speed layer
+    assert_rollups_agree(store)
+    assert store.row_counts("trending")["trending_speed"] == 0
+
+
+def test_a_store_from_before_the_rollup_gets_it_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    watermark = utc(17, 30)
+    rolled_store(path, ROLL_BATCH, watermark).close()
+    # The older code's file: the same tables without the hourly ones, user_version 0.
+    with closing(sqlite3.connect(path, isolation_level=None)) as old:
+        for spec in (serving.TRENDING, serving.DISCOVERY):
+            for table in (spec.batch_store, spec.speed_store):
+                old.execute(f"DROP TABLE {table}_hourly")
+        old.execute("PRAGMA user_version = 0")
+    store = ServingStore(path)
+    assert assert_roll_answers(store, roll_oracle(ROLL_BATCH, watermark))
+    assert_rollups_agree(store)
+    with closing(sqlite3.connect(path)) as upgraded:
+        version = upgraded.execute("PRAGMA user_version").fetchone()[0]
+        hourly = upgraded.execute("SELECT count(*) FROM trending_batch_hourly").fetchone()[0]
+    assert version == serving.SCHEMA_VERSION and hourly > 0
 
 
 @pytest.mark.parametrize(

@@ -408,12 +408,19 @@ def run_stack(settings: Settings, traffic: Traffic | None) -> None:
             if traffic is not None
             else "off"
         )
+        views = (
+            f"continuous (views_stream_job runs of {settings.speed_stream_s} s, a micro-batch "
+            f"every {settings.speed_trigger_s:g} s)"
+            if settings.speed_stream_s > 0
+            else "availableNow speed runs (LAMBDA_ARCH_SPEED_STREAM_S=600 for continuous views)"
+        )
         print(
             "lambda-arch is up\n"
             f"  Kafka          {kafka}\n"
             f"  Dagster UI     {ui}\n"
             f"  Spark          {settings.spark_remote} (Spark Connect)\n"
             f"  live traffic   {shown}\n"
+            f"  speed views    {views}\n"
             f"  logs           {settings.logs_dir}\n"
             "Ctrl-C to stop.",
             flush=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dagster import (
+    AssetKey,
     AssetObservation,
     DefaultSensorStatus,
     RunRequest,
@@ -12,8 +13,8 @@ from dagster import (
     sensor,
 )
 
-from assets.jobs import SPEED_JOB_NAME, speed_job
-from assets.speed import TOPIC_ASSET
+from assets.jobs import SPEED_JOB_NAME, STREAM_JOB_NAME, speed_job
+from assets.speed import QUARANTINE_ASSET, RAW_ASSET, TOPIC_ASSET
 from lambda_arch import speed
 from lambda_arch.broker import ServiceError, require_reachable
 from lambda_arch.kafka_offsets import KafkaOffsetsError
@@ -22,6 +23,13 @@ from resources import LambdaArchSettings
 from sensors.runs import job_in_flight
 
 LAG_SENSOR_INTERVAL_S = 10
+# What a speed run does while views_stream_job runs: landing and sessions, and serving sessions.
+BESIDE_STREAM = [
+    RAW_ASSET,
+    QUARANTINE_ASSET,
+    AssetKey(speed.SESSIONS),
+    AssetKey(f"{speed.SESSIONS.removesuffix('_speed')}_serving"),
+]
 
 
 def speed_run_in_flight(context: SensorEvaluationContext) -> bool:
@@ -44,6 +52,11 @@ def kafka_lag_sensor(
 ) -> SensorResult | SkipReason:
     config = settings.get()
     checkpoints = speed.checkpoints_of(config)
+    # A continuous views run keeps trending and discovery current: a speed run then lands and
+    # stitches sessions only (its view steps would merely wait for the stream to pass them).
+    streaming = config.speed_stream_s > 0 and job_in_flight(context.instance, STREAM_JOB_NAME)
+    if streaming:
+        checkpoints = {q: c for q, c in checkpoints.items() if q not in speed.STREAMED_VIEWS}
     try:
         require_reachable(config.bootstrap_servers)  # fails fast instead of a client timeout
         topic_lag = measure_lag(config.bootstrap_servers, config.topic, checkpoints)
@@ -57,7 +70,8 @@ def kafka_lag_sensor(
             asset_events=[observation],
             skip_reason=f"{topic_lag.max_lag} records waiting; a speed run is in flight",
         )
-    return SensorResult(
-        asset_events=[observation],
-        run_requests=[RunRequest(run_key=f"lag-{topic_lag.signature}")],
+    request = RunRequest(
+        run_key=f"lag-{topic_lag.signature}",
+        asset_selection=BESIDE_STREAM if streaming else None,
     )
+    return SensorResult(asset_events=[observation], run_requests=[request])

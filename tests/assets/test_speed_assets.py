@@ -183,3 +183,47 @@ def test_late_events_are_counted_in_metadata_not_in_the_view(
 
     view = read_trending_speed(spark, SpeedPaths.from_settings(speed_env))
     assert view.where("title_id = 99999").count() == 0
+
+
+def test_lag_sensor_leaves_the_views_to_a_running_stream(
+    spark, speed_env: Settings, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from assets.jobs import views_stream_job
+    from lambda_arch.definitions import defs
+
+    produce(speed_env, 300, seed=24)
+    monkeypatch.setenv("LAMBDA_ARCH_SPEED_STREAM_S", "600")
+    resources = build_resources()
+
+    def evaluate() -> SensorResult:
+        with build_sensor_context(instance=instance, resources=resources) as context:
+            result = kafka_lag_sensor(context)
+        assert isinstance(result, SensorResult)
+        return result
+
+    # No stream running: the whole speed run, views included.
+    alone = evaluate()
+    assert alone.run_requests and alone.run_requests[0].asset_selection is None
+
+    # A views_stream_job run in flight: landing and sessions only.
+    instance.create_run_for_job(job_def=defs.resolve_job_def(views_stream_job.name))
+    beside = evaluate()
+    request = (beside.run_requests or [])[0]
+    selected = {key.to_user_string() for key in request.asset_selection or []}
+    assert selected == {
+        "play_events_raw",
+        "play_events_quarantine",
+        "sessions_speed",
+        "sessions_serving",
+    }
+    result = defs.resolve_job_def("speed_job").execute_in_process(
+        instance=instance, asset_selection=request.asset_selection
+    )
+    assert result.success
+    done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert done == selected
+    landed = result.asset_materializations_for_node("landing")[0].metadata
+    assert landed["records"].value == 300
+    # The landing's checks still run with it.
+    checks = {e.check_name for e in result.get_asset_check_evaluations()}
+    assert {"quarantine_ratio", "raw_events_expectations"} <= checks, checks

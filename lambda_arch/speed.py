@@ -291,11 +291,13 @@ def stream_view(
     *,
     stream_s: float,
     on_batch: Callable[[StreamReport], None] | None = None,
+    stop_early: Callable[[], bool] | None = None,
     paths: SpeedPaths | None = None,
     lock_timeout_s: float = 300.0,
 ) -> StreamReport:
     """Run a count view (`trending_speed` or `discovery_speed`) as a continuous query for about
-    `stream_s` seconds, a micro-batch every `settings.speed_trigger_s` seconds.
+    `stream_s` seconds (or until `stop_early()`), a micro-batch every `settings.speed_trigger_s`
+    seconds.
 
     Same checkpoint, tables and semantics as its availableNow run (the two take turns on the
     checkpoint's lock). After each micro-batch the state file is saved, then `on_batch` gets
@@ -317,6 +319,7 @@ def stream_view(
         stream_s=stream_s,
         trigger_s=settings.speed_trigger_s,
         on_batch=publish,
+        stop_early=stop_early,
         lock_timeout_s=lock_timeout_s,
         spark=spark,
         session_conf=SPEED_SESSION_CONF,

@@ -434,12 +434,14 @@ def run_stream(
     stream_s: float,
     trigger_s: float,
     on_batch: Callable[[StreamReport], None] | None = None,
+    stop_early: Callable[[], bool] | None = None,
     lock_timeout_s: float = 300.0,
     spark: SparkSession | None = None,
     session_conf: Mapping[str, str] | None = None,
 ) -> StreamReport:
     """Run `writer` as a continuous query (a micro-batch every `trigger_s` seconds when there is
-    data) for about `stream_s` seconds, then stop it between two micro-batches.
+    data) for about `stream_s` seconds, or until `stop_early()` is true, then stop it between
+    two micro-batches.
 
     No run start per micro-batch: freshness is the trigger interval plus one small batch.
     `on_batch` gets a one-batch report as soon as each micro-batch has committed (the caller
@@ -456,6 +458,7 @@ def run_stream(
         session_conf=session_conf,
         stream_s=stream_s,
         on_batch=on_batch,
+        stop_early=stop_early,
     )
 
 
@@ -471,6 +474,7 @@ def _run_query(
     timeout_s: float | None = None,
     stream_s: float | None = None,
     on_batch: Callable[[StreamReport], None] | None = None,
+    stop_early: Callable[[], bool] | None = None,
 ) -> StreamReport:
     if session_conf and spark is None:
         raise ValueError("session_conf needs the SparkSession (spark=...)")
@@ -483,14 +487,16 @@ def _run_query(
             _raise_failure(name, error)
         log = _ProgressLog()
 
-        def publish() -> None:
-            for progress in log.update(query):
+        def publish() -> int:
+            new = log.update(query)
+            for progress in new:
                 if on_batch is not None:
                     on_batch(_report(name, checkpoint, [progress], _duration_s(progress)))
+            return len(new)
 
         try:
             while query.isActive:
-                publish()
+                finished = publish()
                 elapsed = time.monotonic() - started
                 if timeout_s is not None and elapsed > timeout_s:
                     query.stop()
@@ -500,7 +506,9 @@ def _run_query(
                     )
                 # Stop between micro-batches: one stopped half-way is redone by the next run
                 # (idempotent per batch id), but that costs its time twice.
-                if _time_to_stop(query, stream_s, elapsed):
+                if stop_early is not None and stream_s is not None and stop_early():
+                    stream_s = min(stream_s, elapsed)
+                if _time_to_stop(query, stream_s, elapsed, finished > 0):
                     query.stop()
                     break
                 query.awaitTermination(_POLL_S)
@@ -516,11 +524,17 @@ def _run_query(
         return _report(name, checkpoint, log.ordered(), time.monotonic() - started)
 
 
-def _time_to_stop(query: StreamingQuery, stream_s: float | None, elapsed: float) -> bool:
-    """Whether a continuous query has had its time and no micro-batch is running right now."""
+def _time_to_stop(
+    query: StreamingQuery, stream_s: float | None, elapsed: float, batch_just_ended: bool
+) -> bool:
+    """Whether a continuous query has had its time and is between micro-batches: idle, or a
+    micro-batch has just ended (when batches run back to back, the next one has only just
+    started and little is lost; the query is never idle then)."""
     if stream_s is None or elapsed < stream_s:
         return False
-    return elapsed >= stream_s + _STOP_GRACE_S or not query.status.get("isTriggerActive")
+    if batch_just_ended or elapsed >= stream_s + _STOP_GRACE_S:
+        return True
+    return not query.status.get("isTriggerActive")
 
 
 def _duration_s(progress: dict[str, Any]) -> float:

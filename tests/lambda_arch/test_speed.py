@@ -546,6 +546,7 @@ def test_stream_view_serves_as_it_goes_and_hands_over_to_available_now(
     paths = SpeedPaths(str(tmp_path / "speed"))
     published: list[StreamReport] = []
     outcome: list[StreamReport | BaseException] = []
+    finished = threading.Event()
 
     def stream() -> None:
         try:
@@ -554,8 +555,9 @@ def test_stream_view_serves_as_it_goes_and_hands_over_to_available_now(
                     spark,
                     settings,
                     "trending_speed",
-                    stream_s=15,
+                    stream_s=300,  # ends when the test has seen what it needs
                     on_batch=published.append,
+                    stop_early=finished.is_set,
                     paths=paths,
                 )
             )
@@ -566,7 +568,7 @@ def test_stream_view_serves_as_it_goes_and_hands_over_to_available_now(
         return sum(batch.events_read for batch in published)
 
     def wait_for(events: int) -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while events_published() < events and time.monotonic() < deadline and thread.is_alive():
             time.sleep(0.2)
         assert events_published() >= events, (events_published(), outcome)
@@ -584,6 +586,8 @@ def test_stream_view_serves_as_it_goes_and_hands_over_to_available_now(
     assert handed_over.offsets == end_offsets(kafka.bootstrap, kafka.name)
     assert handed_over.metadata()["caught_up_by"]
     wait_for(300)
+    assert thread.is_alive(), "the stream ended before it was told to"
+    finished.set()
     thread.join(90)
     assert not thread.is_alive()
     report = outcome[-1]

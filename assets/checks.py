@@ -47,6 +47,7 @@ from assets.speed import (
 from lambda_arch import batch, quality, speed
 from lambda_arch.config import Settings, load_settings
 from lambda_arch.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake, read_play_events
+from lambda_arch.transforms import DISCOVERY_COLUMNS, SESSION_COLUMNS, TRENDING_COLUMNS
 from resources import LambdaArchSettings, SparkResource
 
 if TYPE_CHECKING:
@@ -274,7 +275,7 @@ trending_batch_expectations = _batch_check(
     TRENDING_ASSET,
     "trending_batch_expectations",
     quality.TRENDING_SCHEMA,
-    _with_day("minute", "minute", "country", "title_id", "plays"),
+    _with_day("minute", *TRENDING_COLUMNS),
     quality.trending_expectations,
     "Great Expectations on the run's days of trending_batch: schema, plays >= 1, one row per "
     "(minute, country, title), minutes within the partition's day.",
@@ -283,7 +284,7 @@ discovery_batch_expectations = _batch_check(
     DISCOVERY_ASSET,
     "discovery_batch_expectations",
     quality.DISCOVERY_SCHEMA,
-    _with_day("minute", "minute", "country", "discovery_source", "plays"),
+    _with_day("minute", *DISCOVERY_COLUMNS),
     quality.discovery_expectations,
     "Great Expectations on the run's days of discovery_batch: schema, plays >= 1, known "
     "sources, one row per bucket, shares per minute and country summing to 1 (4 decimals).",
@@ -293,15 +294,7 @@ sessions_batch_expectations = _batch_check(
     SESSIONS_ASSET,
     "sessions_batch_expectations",
     quality.SESSIONS_SCHEMA,
-    _with_day(
-        "session_end",
-        "member_id",
-        "title_id",
-        "session_start",
-        "session_end",
-        "events",
-        "watched_ms",
-    ),
+    _with_day("session_end", *SESSION_COLUMNS),
     quality.sessions_expectations,
     "Great Expectations on the run's days of sessions_batch: schema, session_end >= "
     "session_start, events >= 1, watched_ms >= 0, sessions ending within the partition's day.",

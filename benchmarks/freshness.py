@@ -58,7 +58,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lambda_arch.broker import free_port
-from lambda_arch.processes import isolated_env
+from lambda_arch.processes import isolated_env, spawn
 from lambda_arch.schema import format_event_time
 from lambda_arch.serving import iso
 
@@ -97,16 +97,7 @@ class Children:
     seen: dict[int, psutil.Process] = field(default_factory=dict)
 
     def start(self, name: str, command: list[str], env: dict[str, str], log: Path) -> None:
-        with log.open("wb") as output:
-            self.processes[name] = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=ROOT,
-                start_new_session=True,
-            )
+        self.processes[name] = spawn(command, log_path=log, env=env, cwd=ROOT)
         self.remember()
 
     def remember(self) -> None:

@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lambda_arch.broker import free_port
 from lambda_arch.generator import KIND_EVENT, PLAY_START, TrafficConfig, generate
+from lambda_arch.processes import isolated_env, spawn
 from lambda_arch.schema import COUNTRIES, PlayEvent, parse_payload
 from lambda_arch.serving import STORE_FILE, ServingStore, iso, load_batch_days, parse_iso
 
@@ -309,18 +310,9 @@ def http_load(
 
 def start_server(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """`lambda-arch serve` on 127.0.0.1:port over home's store, in its own process group."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDA_ARCH_")}
-    env["LAMBDA_ARCH_HOME"] = str(home)
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "lambda_arch.cli", "serve", "--port", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-            start_new_session=True,
-        )
+    command = [sys.executable, "-m", "lambda_arch.cli", "serve", "--port", str(port)]
+    env = isolated_env({"LAMBDA_ARCH_HOME": str(home)})
+    process = spawn(command, log_path=log, env=env, cwd=ROOT)
     deadline = time.monotonic() + SERVER_READY_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

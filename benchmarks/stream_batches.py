@@ -19,7 +19,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lambda_arch.broker import EmbeddedBroker, free_port
 from lambda_arch.config import Settings
-from lambda_arch.processes import isolated_env
+from lambda_arch.processes import isolated_env, spawn
 from lambda_arch.producer import ensure_topic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +104,8 @@ def main() -> None:
             def onQueryTerminated(self, event: Any) -> None:
                 pass
 
-        spark.streams.addListener(Recorder())
+        recorder = Recorder()
+        spark.streams.addListener(recorder)
         env = isolated_env(
             {
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -115,9 +115,10 @@ def main() -> None:
         )
         command = [sys.executable, "-m", "lambda_arch.cli", "produce", "--rate"]
         command += [f"{args.rate:g}", "--events", "0", "--quiet"]
-        producer = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        producer = spawn(command, env=env, cwd=ROOT)
         load_before = os.getloadavg()[0]
         report = stream_view(spark, settings, TRENDING, stream_s=args.seconds)
+        spark.streams.removeListener(recorder)  # the baseline's progress is not the stream's
         load_after = os.getloadavg()[0]
         producer.terminate()
         producer.wait(30)
@@ -136,7 +137,7 @@ def main() -> None:
         broker.stop()
         shutil.rmtree(base, ignore_errors=True)
 
-    batches = progresses[: report.micro_batches] if progresses else []
+    batches = progresses
     rows = [p["rows"] for p in batches]
     print(
         f"cores (os.cpu_count): {os.cpu_count()}  rate {args.rate:g} events/s  trigger "

@@ -106,16 +106,34 @@ DISCOVERY = ViewSpec(
 SESSIONS = ViewSpec("sessions", speed.SESSIONS, batch.SESSIONS_TABLE, None, "session_end")
 VIEWS: dict[str, ViewSpec] = {spec.name: spec for spec in (TRENDING, DISCOVERY, SESSIONS)}
 
-_COUNT_COLUMNS = (
-    "minute INTEGER NOT NULL, country TEXT NOT NULL, {key} NOT NULL, plays INTEGER NOT NULL"
-)
 _SESSION_COLUMNS = (
     "member_id INTEGER NOT NULL, title_id INTEGER NOT NULL, session_start INTEGER NOT NULL, "
     "session_end INTEGER NOT NULL, events INTEGER NOT NULL, watched_ms INTEGER NOT NULL"
 )
-_HOURLY_COLUMNS = (
-    "hour INTEGER NOT NULL, country TEXT NOT NULL, {key} NOT NULL, plays INTEGER NOT NULL"
-)
+
+
+def _count_tables(view: str, key: str, key_type: str) -> str:
+    """DDL of a count view's tables: per layer (batch with its dt, speed) the minutes and their
+    hourly roll-up (`<table>_hourly`), each with a covering (country, time, key, plays) index."""
+    statements = []
+    for layer in ("batch", "speed"):
+        for time_column, suffix in (("minute", ""), ("hour", "_hourly")):
+            table = f"{view}_{layer}{suffix}"
+            dated = layer == "batch" and not suffix
+            statements.append(
+                f"CREATE TABLE IF NOT EXISTS {table} ({'dt TEXT NOT NULL, ' if dated else ''}"
+                f"{time_column} INTEGER NOT NULL, country TEXT NOT NULL, {key} {key_type} NOT NULL,"
+                f" plays INTEGER NOT NULL, PRIMARY KEY ({time_column}, country, {key})) WITHOUT ROWID;"
+            )
+            if dated:
+                statements.append(f"CREATE INDEX IF NOT EXISTS {table}_dt ON {table} (dt);")
+            statements.append(
+                f"CREATE INDEX IF NOT EXISTS {table}_country "
+                f"ON {table} (country, {time_column}, {key}, plays);"
+            )
+    return "\n".join(statements)
+
+
 # Times are integers: minutes as epoch seconds, session times as epoch microseconds. A count
 # view's primary key serves all-countries windows (a range of minutes); its covering
 # (country, minute, key, plays) index serves one country's window as one range, instead of
@@ -123,44 +141,8 @@ _HOURLY_COLUMNS = (
 # The hourly roll-ups have the same shape with `hour`; their index serves one country and the
 # all-countries rows (country `*`) alike, their primary key the recomputation of a range of hours.
 _SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS trending_batch (dt TEXT NOT NULL,
-    {_COUNT_COLUMNS.format(key="title_id INTEGER")},
-    PRIMARY KEY (minute, country, title_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS trending_batch_dt ON trending_batch (dt);
-CREATE INDEX IF NOT EXISTS trending_batch_country
-    ON trending_batch (country, minute, title_id, plays);
-CREATE TABLE IF NOT EXISTS trending_speed ({_COUNT_COLUMNS.format(key="title_id INTEGER")},
-    PRIMARY KEY (minute, country, title_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS trending_speed_country
-    ON trending_speed (country, minute, title_id, plays);
-CREATE TABLE IF NOT EXISTS discovery_batch (dt TEXT NOT NULL,
-    {_COUNT_COLUMNS.format(key="discovery_source TEXT")},
-    PRIMARY KEY (minute, country, discovery_source)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS discovery_batch_dt ON discovery_batch (dt);
-CREATE INDEX IF NOT EXISTS discovery_batch_country
-    ON discovery_batch (country, minute, discovery_source, plays);
-CREATE TABLE IF NOT EXISTS discovery_speed ({_COUNT_COLUMNS.format(key="discovery_source TEXT")},
-    PRIMARY KEY (minute, country, discovery_source)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS discovery_speed_country
-    ON discovery_speed (country, minute, discovery_source, plays);
-CREATE TABLE IF NOT EXISTS trending_batch_hourly ({_HOURLY_COLUMNS.format(key="title_id INTEGER")},
-    PRIMARY KEY (hour, country, title_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS trending_batch_hourly_country
-    ON trending_batch_hourly (country, hour, title_id, plays);
-CREATE TABLE IF NOT EXISTS trending_speed_hourly ({_HOURLY_COLUMNS.format(key="title_id INTEGER")},
-    PRIMARY KEY (hour, country, title_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS trending_speed_hourly_country
-    ON trending_speed_hourly (country, hour, title_id, plays);
-CREATE TABLE IF NOT EXISTS discovery_batch_hourly (
-    {_HOURLY_COLUMNS.format(key="discovery_source TEXT")},
-    PRIMARY KEY (hour, country, discovery_source)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS discovery_batch_hourly_country
-    ON discovery_batch_hourly (country, hour, discovery_source, plays);
-CREATE TABLE IF NOT EXISTS discovery_speed_hourly (
-    {_HOURLY_COLUMNS.format(key="discovery_source TEXT")},
-    PRIMARY KEY (hour, country, discovery_source)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS discovery_speed_hourly_country
-    ON discovery_speed_hourly (country, hour, discovery_source, plays);
+{_count_tables("trending", "title_id", "INTEGER")}
+{_count_tables("discovery", "discovery_source", "TEXT")}
 CREATE TABLE IF NOT EXISTS sessions_batch (dt TEXT NOT NULL, {_SESSION_COLUMNS});
 CREATE INDEX IF NOT EXISTS sessions_batch_member ON sessions_batch (member_id, session_start);
 CREATE INDEX IF NOT EXISTS sessions_batch_dt ON sessions_batch (dt);

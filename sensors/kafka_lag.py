@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dagster import (
-    AssetKey,
     AssetObservation,
     DefaultSensorStatus,
     RunRequest,
@@ -14,7 +13,8 @@ from dagster import (
 )
 
 from assets.jobs import SPEED_JOB_NAME, STREAM_JOB_NAME, speed_job
-from assets.speed import QUARANTINE_ASSET, RAW_ASSET, TOPIC_ASSET
+from assets.serving import sessions_serving
+from assets.speed import QUARANTINE_ASSET, RAW_ASSET, TOPIC_ASSET, sessions_speed
 from lambda_arch import speed
 from lambda_arch.broker import ServiceError, require_reachable
 from lambda_arch.kafka_offsets import KafkaOffsetsError
@@ -24,12 +24,7 @@ from sensors.runs import job_in_flight
 
 LAG_SENSOR_INTERVAL_S = 10
 # What a speed run does while views_stream_job runs: landing and sessions, and serving sessions.
-BESIDE_STREAM = [
-    RAW_ASSET,
-    QUARANTINE_ASSET,
-    AssetKey(speed.SESSIONS),
-    AssetKey(f"{speed.SESSIONS.removesuffix('_speed')}_serving"),
-]
+BESIDE_STREAM = [RAW_ASSET, QUARANTINE_ASSET, sessions_speed.key, sessions_serving.key]
 
 
 def speed_run_in_flight(context: SensorEvaluationContext) -> bool:

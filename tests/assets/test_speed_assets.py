@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dagster import (
@@ -111,17 +113,20 @@ def test_speed_assets_materialize_with_metadata_and_exact_counts(
     )
 
 
+def lag_sensor(instance: DagsterInstance, resources: dict[str, Any]) -> SensorResult:
+    """One evaluation of the Kafka-lag sensor on the instance."""
+    with build_sensor_context(instance=instance, resources=resources) as context:
+        result = kafka_lag_sensor(context)
+    assert isinstance(result, SensorResult)
+    return result
+
+
 def test_lag_sensor_requests_a_run_only_for_new_data(
     spark, speed_env: Settings, instance: DagsterInstance
 ) -> None:
     produce(speed_env, 500, seed=22)
     resources = build_resources()
-
-    def evaluate() -> SensorResult:
-        with build_sensor_context(instance=instance, resources=resources) as context:
-            result = kafka_lag_sensor(context)
-        assert isinstance(result, SensorResult)
-        return result
+    evaluate = partial(lag_sensor, instance, resources)
 
     first = evaluate()
     assert len(first.run_requests or []) == 1
@@ -194,12 +199,7 @@ def test_lag_sensor_leaves_the_views_to_a_running_stream(
     produce(speed_env, 300, seed=24)
     monkeypatch.setenv("LAMBDA_ARCH_SPEED_STREAM_S", "600")
     resources = build_resources()
-
-    def evaluate() -> SensorResult:
-        with build_sensor_context(instance=instance, resources=resources) as context:
-            result = kafka_lag_sensor(context)
-        assert isinstance(result, SensorResult)
-        return result
+    evaluate = partial(lag_sensor, instance, resources)
 
     # No stream running: the whole speed run, views included.
     alone = evaluate()

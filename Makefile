@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.8
 # Spark's s3a jars for an S3 warehouse (hadoop-aws 3.3.1 + AWS SDK bundle, the only installable
 # copy). The package pins pyspark 3.3: it goes without dependencies into a folder of its own,
-# outside site-packages, where lambda_arch.spark.s3a_jars() finds it (see pyproject.toml).
+# outside site-packages, where lambda_arch.runtime.spark.s3a_jars() finds it (see pyproject.toml).
 S3A_JARS := sagemaker-pyspark==1.4.5
 
 .PHONY: demo test install lint format check-python check-java chromium clean
@@ -31,7 +31,7 @@ $(STAMP): $(BIN)/python pyproject.toml requirements.lock
 install: $(STAMP)
 
 check-java: install
-	@$(BIN)/python -m lambda_arch.java
+	@$(BIN)/python -m lambda_arch.runtime.java
 
 # Debian's Chromium for the browser test of the Dagster UI (tests/ui), which Playwright drives
 # (never `playwright install`). Installed only when missing (about 25 s, needs root); the package

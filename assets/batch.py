@@ -1,7 +1,7 @@
 """Batch layer assets (group `batch`): daily partitions (UTC) recomputed from the lake's history.
 
 Each asset is a short story: for every day of the run's partition range, recompute the day
-from the raw history with `lambda_arch.batch` (the same view functions as the speed layer),
+from the raw history with `lambda_arch.batch.layer` (the same view functions as the speed layer),
 overwrite exactly that day's partition, report rows per day. A range of days (a backfill) runs
 in one Spark run (`BackfillPolicy.single_run()`).
 """
@@ -19,10 +19,10 @@ from dagster import (
 )
 
 from assets.speed import RAW_ASSET
-from lambda_arch import batch
-from lambda_arch.config import load_settings
-from lambda_arch.lake import Lake
-from lambda_arch.ranking import markdown_table
+from lambda_arch.batch import layer as batch
+from lambda_arch.batch.lake import Lake
+from lambda_arch.common.config import load_settings
+from lambda_arch.serving.ranking import markdown_table
 from resources import LambdaArchSettings, SparkResource
 
 GROUP = "batch"

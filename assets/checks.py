@@ -1,5 +1,5 @@
 """Data-quality asset checks: Great Expectations suites, the lambda invariant, quarantine ratio,
-freshness. The rules live in `lambda_arch.quality` (no Dagster); each check here picks the rows
+freshness. The rules live in `lambda_arch.quality.rules` (no Dagster); each check here picks the rows
 of its scope, runs the rules, and maps the verdict to an `AssetCheckResult`.
 
 Severity and blocking: the GX suites guard what downstream assets read (raw -> clean -> views
@@ -44,10 +44,12 @@ from assets.speed import (
     sessions_speed,
     trending_speed,
 )
-from lambda_arch import batch, quality, speed
-from lambda_arch.config import Settings, load_settings
-from lambda_arch.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake, read_play_events
-from lambda_arch.transforms import DISCOVERY_COLUMNS, SESSION_COLUMNS, TRENDING_COLUMNS
+from lambda_arch.batch import layer as batch
+from lambda_arch.batch.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake, read_play_events
+from lambda_arch.common.config import Settings, load_settings
+from lambda_arch.quality import rules as quality
+from lambda_arch.speed import layer as speed
+from lambda_arch.views.transforms import DISCOVERY_COLUMNS, SESSION_COLUMNS, TRENDING_COLUMNS
 from resources import LambdaArchSettings, SparkResource
 
 if TYPE_CHECKING:
@@ -139,7 +141,7 @@ def validate_table(
     shares: bool = False,
 ) -> quality.Validation:
     """Schema (exact), optional uniqueness (exact, Spark), then the GX suite on a bounded
-    pandas copy of `columns` (see lambda_arch.quality for why pandas)."""
+    pandas copy of `columns` (see lambda_arch.quality.rules for why pandas)."""
     extra = [quality.schema_outcome(frame.dtypes, schema)]
     duplicates: list[dict[str, Any]] = []
     if unique_keys:

@@ -1,7 +1,7 @@
 """Serving layer assets (group `serving`): the store the CLI and the HTTP API answer from.
 
 Each asset is a short story: bring its view of the serving store up to date with the lake
-(`lambda_arch.serving.refresh_view`: changed batch days, new speed micro-batches, both
+(`lambda_arch.serving.store.refresh_view`: changed batch days, new speed micro-batches, both
 watermarks, speed rows the batch now covers pruned) and report what changed. No Spark: a
 refresh reads Parquet with pyarrow, so it runs in a second or two and never waits for a JVM.
 """
@@ -9,8 +9,8 @@ refresh reads Parquet with pyarrow, so it runs in a second or two and never wait
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
 from assets.speed import step_priority
-from lambda_arch import serving
-from lambda_arch.ranking import markdown_table
+from lambda_arch.serving import store as serving
+from lambda_arch.serving.ranking import markdown_table
 from resources import LambdaArchSettings
 
 GROUP = "serving"

@@ -1,7 +1,7 @@
 """Speed layer assets (group `speed`): checkpointed Structured Streaming queries run availableNow.
 
 Each asset is a short story: open the run's Spark session, catch one query up with the topic
-(`lambda_arch.speed`), report what it did as metadata the Dagster UI can plot.
+(`lambda_arch.speed.layer`), report what it did as metadata the Dagster UI can plot.
 """
 
 import time
@@ -23,11 +23,12 @@ from dagster import (
     observable_source_asset,
 )
 
-from lambda_arch import serving, speed
-from lambda_arch.config import Settings
-from lambda_arch.kafka_offsets import KafkaOffsetsError, offset_bounds
-from lambda_arch.ranking import Window, markdown_table, top_titles
-from lambda_arch.streaming import StreamReport, lag
+from lambda_arch.common.config import Settings
+from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError, offset_bounds
+from lambda_arch.serving import store as serving
+from lambda_arch.serving.ranking import Window, markdown_table, top_titles
+from lambda_arch.speed import layer as speed
+from lambda_arch.speed.streaming import StreamReport, lag
 from resources import KafkaResource, LambdaArchSettings, SparkResource
 
 if TYPE_CHECKING:

@@ -1,9 +1,9 @@
 """Batch layer: Spark recomputing one day's four batch views against DuckDB on the same Parquet.
 
 Puts one day of generated play events (default 5M records, 5% duplicates) into a fresh lake
-through the production landing code (`lambda_arch.lake.write_landing_batch`, no Kafka), then
+through the production landing code (`lambda_arch.batch.lake.write_landing_batch`, no Kafka), then
 times, median of --repeats:
-- Spark: `lambda_arch.batch.compute_day` (play_events_clean, trending_batch, discovery_batch,
+- Spark: `lambda_arch.batch.layer.compute_day` (play_events_clean, trending_batch, discovery_batch,
   sessions_batch: read, dedup, aggregate, sessionize, INSERT OVERWRITE the day); the JVM start
   is reported on its own;
 - DuckDB: the same four results from the same Parquet files in SQL (written to Parquet too);
@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lambda_arch import batch
-from lambda_arch.config import Settings
-from lambda_arch.generator import TrafficConfig, generate
-from lambda_arch.lake import EVENTS_TABLE, Lake, write_landing_batch
+from lambda_arch.batch import layer as batch
+from lambda_arch.batch.lake import EVENTS_TABLE, Lake, write_landing_batch
+from lambda_arch.common.config import Settings
+from lambda_arch.ingest.generator import TrafficConfig, generate
 
 DAY = date(2026, 3, 1)
 DATABASE = "bench_batch"
@@ -55,7 +55,7 @@ def land(spark, lake: Lake, payloads: Path) -> int:
     """The payloads through parse_events and write_landing_batch, as a Kafka batch would be."""
     from pyspark.sql import functions as F
 
-    from lambda_arch.spark_schema import parse_events
+    from lambda_arch.ingest.spark_schema import parse_events
 
     lines = spark.read.text(str(payloads)).select(F.col("value").cast("binary").alias("value"))
     kafka_like = lines.select(
@@ -166,7 +166,7 @@ def main() -> None:
         generated_s = write_payloads(payloads, args.events, args.seed)
         print(f"generated {args.events:,} records in {generated_s:.1f} s")
 
-        from lambda_arch.spark import build_session
+        from lambda_arch.runtime.spark import build_session
 
         started = time.monotonic()
         spark = build_session(settings, app_name="bench-batch")

@@ -57,10 +57,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lambda_arch.broker import free_port
-from lambda_arch.processes import isolated_env, spawn
-from lambda_arch.schema import format_event_time
-from lambda_arch.serving import iso
+from lambda_arch.ingest.schema import format_event_time
+from lambda_arch.runtime.broker import free_port
+from lambda_arch.runtime.processes import isolated_env, spawn
+from lambda_arch.serving.store import iso
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER_TITLE_BASE = 9_000_000  # generated titles are 1..TrafficConfig.titles (2,000)
@@ -569,7 +569,7 @@ def main() -> None:
         time.sleep(args.warmup)
         children.check()
 
-        from lambda_arch.producer import make_producer
+        from lambda_arch.ingest.producer import make_producer
 
         producer = make_producer(f"127.0.0.1:{ports['broker']}")
         for index in range(args.markers):

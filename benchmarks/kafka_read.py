@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kafka import KafkaConsumer, TopicPartition
 
-from lambda_arch.broker import EmbeddedBroker, free_port
-from lambda_arch.producer import ensure_topic, make_producer
+from lambda_arch.ingest.producer import ensure_topic, make_producer
+from lambda_arch.runtime.broker import EmbeddedBroker, free_port
 
 TOPIC = "bench-play-events"
 
@@ -108,9 +108,9 @@ def main() -> None:
     os.environ.setdefault(
         "PYSPARK_SUBMIT_ARGS", "--conf spark.ui.showConsoleProgress=false pyspark-shell"
     )
-    from lambda_arch.config import Settings
-    from lambda_arch.kafka_source import _c_crc32c_available, register_kafka_source
-    from lambda_arch.spark import build_session
+    from lambda_arch.common.config import Settings
+    from lambda_arch.ingest.kafka_source import _c_crc32c_available, register_kafka_source
+    from lambda_arch.runtime.spark import build_session
 
     with tempfile.TemporaryDirectory() as home, EmbeddedBroker(free_port()) as broker:
         bootstrap = broker.bootstrap_servers

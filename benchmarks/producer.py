@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lambda_arch.broker import EmbeddedBroker, free_port
-from lambda_arch.config import Settings
-from lambda_arch.generator import TrafficConfig, generate
-from lambda_arch.producer import ProduceRequest, ensure_topic, make_producer, run_produce
+from lambda_arch.common.config import Settings
+from lambda_arch.ingest.generator import TrafficConfig, generate
+from lambda_arch.ingest.producer import ProduceRequest, ensure_topic, make_producer, run_produce
+from lambda_arch.runtime.broker import EmbeddedBroker, free_port
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 

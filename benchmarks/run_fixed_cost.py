@@ -1,7 +1,7 @@
 """Fixed cost of one speed run: a classic local session per process against a warm Connect server.
 
 Every run is what a Dagster run of the speed layer does, in a new Python process: import, get a
-session (lambda_arch.spark.build_session), register the Kafka source, run the trending query
+session (lambda_arch.runtime.spark.build_session), register the Kafka source, run the trending query
 with availableNow over a topic with 0 new events, stop the session, exit. The wall time of the
 whole process is measured. Mode (a) starts a JVM in every run (a local session, as without
 `lambda-arch up`); mode (b) connects to one running Spark Connect server (what `up` starts).
@@ -30,11 +30,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lambda_arch.broker import EmbeddedBroker, free_port
-from lambda_arch.config import Settings
-from lambda_arch.generator import TrafficConfig, generate
-from lambda_arch.producer import ensure_topic, make_producer
-from lambda_arch.spark_connect import ConnectServer
+from lambda_arch.common.config import Settings
+from lambda_arch.ingest.generator import TrafficConfig, generate
+from lambda_arch.ingest.producer import ensure_topic, make_producer
+from lambda_arch.runtime.broker import EmbeddedBroker, free_port
+from lambda_arch.runtime.spark_connect import ConnectServer
 
 TOPIC = "bench-fixed-cost"
 MODES = ("local", "connect")
@@ -46,10 +46,10 @@ T0_VARIABLE = "BENCH_T0"  # the parent's clock (time.time()) when it spawned the
 def child() -> None:
     """One run; prints its phases (seconds since spawn) as JSON on the last line of stdout."""
     t0 = float(os.environ[T0_VARIABLE])
-    from lambda_arch.config import load_settings
-    from lambda_arch.kafka_source import register_kafka_source
-    from lambda_arch.spark import build_session
-    from lambda_arch.speed import run_trending_speed
+    from lambda_arch.common.config import load_settings
+    from lambda_arch.ingest.kafka_source import register_kafka_source
+    from lambda_arch.runtime.spark import build_session
+    from lambda_arch.speed.layer import run_trending_speed
 
     phases = {"imported": time.time() - t0}
     settings = load_settings()

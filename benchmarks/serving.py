@@ -3,7 +3,7 @@
 Builds a serving store from N generated events (default 5M) spread over D days of event time
 (default 7): the per-minute play counts of trending (minute, country, title_id) and discovery
 (minute, country, discovery_source) go into the store's `*_batch` tables, one batch day per
-UTC date, through `lambda_arch.serving.load_batch_days`, with the batch watermark at the end of
+UTC date, through `lambda_arch.serving.store.load_batch_days`, with the batch watermark at the end of
 the last day (sessions are not loaded: no query here reads them). The store is cached under
 `.bench/` keyed by the parameters, so only the first run pays for the generator (~80k events/s).
 
@@ -50,11 +50,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lambda_arch.broker import free_port
-from lambda_arch.generator import KIND_EVENT, PLAY_START, TrafficConfig, generate
-from lambda_arch.processes import isolated_env, spawn
-from lambda_arch.schema import COUNTRIES, PlayEvent, parse_payload
-from lambda_arch.serving import STORE_FILE, ServingStore, iso, load_batch_days, parse_iso
+from lambda_arch.ingest.generator import KIND_EVENT, PLAY_START, TrafficConfig, generate
+from lambda_arch.ingest.schema import COUNTRIES, PlayEvent, parse_payload
+from lambda_arch.runtime.broker import free_port
+from lambda_arch.runtime.processes import isolated_env, spawn
+from lambda_arch.serving.store import STORE_FILE, ServingStore, iso, load_batch_days, parse_iso
 
 ROOT = Path(__file__).resolve().parents[1]
 START = datetime(2026, 3, 1, tzinfo=UTC)

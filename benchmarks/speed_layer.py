@@ -35,17 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kafka import KafkaConsumer, TopicPartition
 
-from lambda_arch.broker import EmbeddedBroker, free_port
-from lambda_arch.config import Settings
-from lambda_arch.generator import TrafficConfig, generate
-from lambda_arch.kafka_offsets import end_offsets
-from lambda_arch.kafka_source import DEFAULT_CHUNK_ROWS, _c_crc32c_available
-from lambda_arch.producer import ensure_topic, make_producer
+from lambda_arch.common.config import Settings
+from lambda_arch.ingest.generator import TrafficConfig, generate
+from lambda_arch.ingest.kafka_offsets import end_offsets
+from lambda_arch.ingest.kafka_source import DEFAULT_CHUNK_ROWS, _c_crc32c_available
+from lambda_arch.ingest.producer import ensure_topic, make_producer
+from lambda_arch.runtime.broker import EmbeddedBroker, free_port
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from lambda_arch.streaming import StreamReport
+    from lambda_arch.speed.streaming import StreamReport
 
 TOPIC = "bench-speed-events"
 WARMUP_TOPIC = "bench-speed-warmup"
@@ -116,8 +116,8 @@ def raw_read(bootstrap: str, topic: str, check_crcs: bool) -> tuple[float, int, 
 
 def speed_run(spark: SparkSession, settings: Settings, database: str, events: int) -> SpeedRun:
     """Run landing, trending and discovery one after another over the whole topic."""
-    from lambda_arch.lake import Lake
-    from lambda_arch.speed import run_discovery_speed, run_landing, run_trending_speed
+    from lambda_arch.batch.lake import Lake
+    from lambda_arch.speed.layer import run_discovery_speed, run_landing, run_trending_speed
 
     lake = Lake.from_settings(settings, database=database)
     runs = {
@@ -180,7 +180,7 @@ def main() -> None:
     os.environ.setdefault(
         "PYSPARK_SUBMIT_ARGS", "--conf spark.ui.showConsoleProgress=false pyspark-shell"
     )
-    from lambda_arch.spark import build_session
+    from lambda_arch.runtime.spark import build_session
 
     base = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     broker = EmbeddedBroker(free_port(), log_path=base / "broker.log")

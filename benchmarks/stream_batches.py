@@ -2,7 +2,7 @@
 
 Starts an embedded broker, a `lambda-arch produce --rate R` process (generated traffic, event
 clock = wall clock) and one SparkSession in this process, then runs `trending_speed` as a
-continuous query (`lambda_arch.speed.stream_view`, a micro-batch every --trigger-s seconds) for
+continuous query (`lambda_arch.speed.layer.stream_view`, a micro-batch every --trigger-s seconds) for
 --seconds. A StreamingQueryListener records every micro-batch's progress; printed are medians
 and p95 of its phases (Spark's durationMs: latestOffset = asking the broker for end offsets,
 queryPlanning, addBatch = read + parse + dedup state + the foreachBatch write, walCommit and
@@ -27,10 +27,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lambda_arch.broker import EmbeddedBroker, free_port
-from lambda_arch.config import Settings
-from lambda_arch.processes import isolated_env, spawn
-from lambda_arch.producer import ensure_topic
+from lambda_arch.common.config import Settings
+from lambda_arch.ingest.producer import ensure_topic
+from lambda_arch.runtime.broker import EmbeddedBroker, free_port
+from lambda_arch.runtime.processes import isolated_env, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPIC = "bench-stream-events"
@@ -74,8 +74,8 @@ def main() -> None:
     )
     from pyspark.sql.streaming import StreamingQueryListener
 
-    from lambda_arch.spark import build_session
-    from lambda_arch.speed import TRENDING, run_trending_speed, stream_view
+    from lambda_arch.runtime.spark import build_session
+    from lambda_arch.speed.layer import TRENDING, run_trending_speed, stream_view
 
     base = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     broker = EmbeddedBroker(free_port(), log_path=base / "broker.log")

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 
-from lambda_arch.config import Settings, load_settings
-from lambda_arch.s3 import check_bucket
+from lambda_arch.common.config import Settings, load_settings
+from lambda_arch.common.storage import check_bucket
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -39,14 +39,14 @@ def s3_from_env() -> S3Resource:
 
     Nothing is fixed at load time: boto3 reads the endpoint (AWS_ENDPOINT_URL_S3, then
     AWS_ENDPOINT_URL), region and credentials (keys, AWS_PROFILE, instance roles) when a run
-    creates the client, as pyarrow and Spark's s3a (lambda_arch.spark.s3a_conf) do.
+    creates the client, as pyarrow and Spark's s3a (lambda_arch.runtime.spark.s3a_conf) do.
     """
     return S3Resource()
 
 
 def check_warehouse_bucket(s3: S3Resource, settings: Settings) -> None:
     """With the warehouse on S3, fail fast unless its bucket exists and answers
-    (lambda_arch.s3.S3BucketError names the bucket and the endpoint); no-op for a local lake."""
+    (lambda_arch.common.storage.S3BucketError names the bucket and the endpoint); no-op for a local lake."""
     if settings.warehouse_is_s3:
         check_bucket(s3.get_client(), settings.warehouse)
 
@@ -65,8 +65,8 @@ class SparkResource(ConfigurableResource):
     s3: S3Resource | None = None  # None: s3_from_env() when the warehouse is on S3
 
     def session(self) -> SparkSession:
-        from lambda_arch.kafka_source import register_kafka_source
-        from lambda_arch.spark import build_session
+        from lambda_arch.ingest.kafka_source import register_kafka_source
+        from lambda_arch.runtime.spark import build_session
 
         settings = load_settings()
         check_warehouse_bucket(self.s3 or s3_from_env(), settings)

@@ -1,5 +1,5 @@
 """Alert sensors: failed runs and failed asset checks become lines in logs/alerts.jsonl and webhook
-POSTs (lambda_arch.alerts).
+POSTs (lambda_arch.quality.alerts).
 
 Two sensors because Dagster reports the two failures differently: a failed asset check does not
 fail its run, so a run-failure sensor never sees it; check results are read from the instance's
@@ -33,8 +33,8 @@ from dagster._core.storage.tags import (
 )
 from dagster._utils.error import SerializableErrorInfo
 
-from lambda_arch import alerts
-from lambda_arch.config import Settings
+from lambda_arch.common.config import Settings
+from lambda_arch.quality import alerts
 from resources import LambdaArchSettings
 
 ALERT_SENSOR_INTERVAL_S = 30

@@ -24,7 +24,7 @@ from dagster._core.storage.tags import (
 
 from assets.batch import DAILY
 from assets.jobs import BATCH_JOB_NAME, batch_job
-from lambda_arch import batch
+from lambda_arch.batch import layer as batch
 from resources import LambdaArchSettings
 from sensors.runs import job_in_flight
 

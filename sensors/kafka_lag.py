@@ -15,10 +15,10 @@ from dagster import (
 from assets.jobs import SPEED_JOB_NAME, STREAM_JOB_NAME, speed_job
 from assets.serving import sessions_serving
 from assets.speed import QUARANTINE_ASSET, RAW_ASSET, TOPIC_ASSET, sessions_speed
-from lambda_arch import speed
-from lambda_arch.broker import ServiceError, require_reachable
-from lambda_arch.kafka_offsets import KafkaOffsetsError
-from lambda_arch.lag import measure_lag
+from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError
+from lambda_arch.runtime.broker import ServiceError, require_reachable
+from lambda_arch.speed import layer as speed
+from lambda_arch.speed.lag import measure_lag
 from resources import LambdaArchSettings
 from sensors.runs import job_in_flight
 

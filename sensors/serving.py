@@ -11,7 +11,7 @@ from dagster import (
 )
 
 from assets.jobs import BATCH_JOB_NAME, SERVING_JOB_NAME, SPEED_JOB_NAME, serving_job
-from lambda_arch import serving
+from lambda_arch.serving import store as serving
 from resources import LambdaArchSettings
 from sensors.runs import job_in_flight
 

@@ -21,7 +21,7 @@ from dagster import (
 )
 
 from assets.jobs import STREAM_JOB_NAME, views_stream_job
-from lambda_arch.broker import ServiceError, require_reachable
+from lambda_arch.runtime.broker import ServiceError, require_reachable
 from resources import LambdaArchSettings
 from sensors.runs import job_in_flight
 

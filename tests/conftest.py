@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lambda_arch.broker import EmbeddedBroker, free_port
-from lambda_arch.config import Settings
+from lambda_arch.common.config import Settings
+from lambda_arch.runtime.broker import EmbeddedBroker, free_port
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +52,7 @@ def spark(session_home: Path):
     import os
 
     os.environ.setdefault("LAMBDA_ARCH_SHUFFLE_PARTITIONS", "4")
-    from lambda_arch.spark import build_session
+    from lambda_arch.runtime.spark import build_session
 
     settings = Settings(LAMBDA_ARCH_HOME=str(session_home), LAMBDA_ARCH_SPARK_MASTER="local[2]")
     session = build_session(settings, app_name="lambda-arch-tests")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, instance_for_test
 
-from lambda_arch.broker import EmbeddedBroker
-from lambda_arch.config import Settings
+from lambda_arch.common.config import Settings
+from lambda_arch.runtime.broker import EmbeddedBroker
 
 
 @pytest.fixture

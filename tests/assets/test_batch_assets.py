@@ -23,10 +23,10 @@ from dagster._core.storage.tags import (
 
 from assets.batch import BATCH_ASSETS
 from assets.speed import landing
-from lambda_arch import batch
-from lambda_arch.config import Settings
-from lambda_arch.lake import Lake
-from lambda_arch.producer import ensure_topic, make_producer
+from lambda_arch.batch import layer as batch
+from lambda_arch.batch.lake import Lake
+from lambda_arch.common.config import Settings
+from lambda_arch.ingest.producer import ensure_topic, make_producer
 from resources import build_resources
 from sensors.batch import day_complete_sensor, nightly_batch_schedule, stale_partition_sensor
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance
 
-from lambda_arch import batch
-from lambda_arch.config import Settings
-from lambda_arch.lake import Lake
-from lambda_arch.producer import ensure_topic, make_producer
-from lambda_arch.speed import run_landing
+from lambda_arch.batch import layer as batch
+from lambda_arch.batch.lake import Lake
+from lambda_arch.common.config import Settings
+from lambda_arch.ingest.producer import ensure_topic, make_producer
+from lambda_arch.speed.layer import run_landing
 
 ASSETS = ",".join(batch.BATCH_VIEWS)
 

@@ -19,8 +19,8 @@ from assets.checks import (
     speed_matches_batch,
 )
 from assets.speed import SPEED_ASSETS, landing, trending_speed
-from lambda_arch.config import Settings
-from lambda_arch.lake import Lake
+from lambda_arch.batch.lake import Lake
+from lambda_arch.common.config import Settings
 from resources import build_resources
 from tests.assets.test_batch_assets import send
 

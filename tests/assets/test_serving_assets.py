@@ -10,9 +10,9 @@ from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_contex
 
 import assets.speed
 from assets.batch import BATCH_ASSETS
-from lambda_arch.config import Settings
+from lambda_arch.common.config import Settings
 from lambda_arch.definitions import defs
-from lambda_arch.serving import ServingStore
+from lambda_arch.serving.store import ServingStore
 from resources import build_resources
 from sensors.serving import serving_refresh_sensor
 from sensors.stream import views_stream_sensor

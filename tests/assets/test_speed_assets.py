@@ -19,10 +19,10 @@ from dagster import (
 )
 
 from assets.speed import SPEED_ASSETS, play_events_topic, trending_speed
-from lambda_arch.config import Settings
-from lambda_arch.generator import TrafficConfig, generate
-from lambda_arch.producer import ProduceRequest, run_produce
-from lambda_arch.schema import PlayEvent, parse_payload
+from lambda_arch.common.config import Settings
+from lambda_arch.ingest.generator import TrafficConfig, generate
+from lambda_arch.ingest.producer import ProduceRequest, run_produce
+from lambda_arch.ingest.schema import PlayEvent, parse_payload
 from resources import build_resources
 from sensors.kafka_lag import kafka_lag_sensor
 
@@ -83,7 +83,7 @@ def test_speed_assets_materialize_with_metadata_and_exact_counts(
     }
     assert landed["play_events_raw"]["valid"].value == EVENTS
     assert landed["play_events_quarantine"]["quarantined"].value == 0
-    from lambda_arch.lake import Lake, read_play_events
+    from lambda_arch.batch.lake import Lake, read_play_events
 
     raw = read_play_events(spark, Lake.from_settings(speed_env))
     assert raw.count() == EVENTS
@@ -91,7 +91,7 @@ def test_speed_assets_materialize_with_metadata_and_exact_counts(
     distinct_ids = {e.event_id for e in map(parse_payload, _payloads(21, EVENTS))}
     assert raw.select("event_id").distinct().count() == len(distinct_ids)
 
-    from lambda_arch.speed import SpeedPaths, read_trending_speed
+    from lambda_arch.speed.layer import SpeedPaths, read_trending_speed
 
     rows = read_trending_speed(spark, SpeedPaths.from_settings(speed_env)).collect()
     got = Counter(
@@ -150,7 +150,7 @@ def test_lag_sensor_requests_a_run_only_for_new_data(
 def test_lag_sensor_skips_with_a_reason_when_the_broker_is_down(
     env_home: Path, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lambda_arch.broker import free_port
+    from lambda_arch.runtime.broker import free_port
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")
     with build_sensor_context(instance=instance, resources=build_resources()) as context:
@@ -184,7 +184,7 @@ def test_late_events_are_counted_in_metadata_not_in_the_view(
     assert metadata["events_read"].value == 1
     assert metadata["late_events"].value == 1
 
-    from lambda_arch.speed import SpeedPaths, read_trending_speed
+    from lambda_arch.speed.layer import SpeedPaths, read_trending_speed
 
     view = read_trending_speed(spark, SpeedPaths.from_settings(speed_env))
     assert view.where("title_id = 99999").count() == 0

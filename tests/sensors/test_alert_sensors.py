@@ -28,14 +28,14 @@ from dagster import (
 )
 
 import sensors.alerts
-from lambda_arch import alerts
+from lambda_arch.quality import alerts
 from resources import LambdaArchSettings
 from sensors.alerts import (
     ALERT_SENSORS,
     check_failure_alert_sensor,
     run_failure_alert_sensor,
 )
-from tests.lambda_arch.test_alerts import Receiver
+from tests.lambda_arch.quality.test_alerts import Receiver
 
 RESOURCES = {"settings": LambdaArchSettings()}
 

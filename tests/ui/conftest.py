@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from lambda_arch.broker import free_port
+from lambda_arch.runtime.broker import free_port
 from tests.ui.stack import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, UI_TIMEOUT_MS, Stack, stack_env
 
 

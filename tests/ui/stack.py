@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from lambda_arch.processes import isolated_env
+from lambda_arch.runtime.processes import isolated_env
 
 # The first daily partition; the test's events start on this day.
 START_DATE = "2026-03-01"

@@ -1,0 +1,1 @@
+"""The `lambda-arch` command line: commands, the headless `run` and `status`."""

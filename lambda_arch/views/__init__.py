@@ -1,0 +1,1 @@
+"""What a view computes, as DataFrame -> DataFrame functions shared by the speed and batch layers."""

@@ -1,0 +1,608 @@
+"""The speed layer on a real broker and Spark, against a plain-Python model of its semantics.
+
+`Model` replays the records of each micro-batch (the offsets come from the run's report) with the
+contract's rules: the watermark is the latest event time seen minus the allowed lateness, an
+event older than it when its micro-batch starts is late, a repeated event_id counts once. The
+views are then recomputed with the reference functions of test_transforms.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from lambda_arch.batch.lake import Lake, read_play_events, read_quarantine
+from lambda_arch.common.config import Settings
+from lambda_arch.ingest.generator import TrafficConfig, generate
+from lambda_arch.ingest.kafka_offsets import KafkaDataLossError, end_offsets
+from lambda_arch.ingest.kafka_source import SOURCE_NAME, register_kafka_source, source_options
+from lambda_arch.ingest.producer import ensure_topic, make_producer
+from lambda_arch.ingest.schema import PlayEvent, Rejection, parse_payload
+from lambda_arch.runtime.broker import EmbeddedBroker
+from lambda_arch.speed.layer import (
+    SpeedPaths,
+    SpeedStateError,
+    checkpoint_of,
+    read_discovery_speed,
+    read_sessions_speed,
+    read_speed_state,
+    read_trending_speed,
+    run_discovery_speed,
+    run_landing,
+    run_sessions_speed,
+    run_trending_speed,
+    stream_view,
+)
+from lambda_arch.speed.streaming import (
+    CheckpointBusyError,
+    StreamDataLossError,
+    StreamReport,
+    StreamTimeoutError,
+    checkpoint_lock,
+    lag,
+    run_available_now,
+)
+from tests.lambda_arch.views.test_transforms import (
+    START,
+    counts_of,
+    event,
+    micros,
+    ref_discovery,
+    ref_sessions,
+    ref_trending,
+    sessions_of,
+)
+
+LATENESS = timedelta(minutes=10)
+SPARK_SESSION_GAP = timedelta(minutes=30) - timedelta(microseconds=1)
+
+
+@dataclass
+class KafkaTopic:
+    """A test topic and every record sent to it as (partition, offset, payload)."""
+
+    bootstrap: str
+    name: str
+    partitions: int
+    records: list[tuple[int, int, bytes]] = field(default_factory=list)
+
+    def send(self, payloads: list[tuple[bytes | None, bytes]]) -> None:
+        """Send (key, value) pairs, partitioned by the member id in the key."""
+        offsets = Counter(p for p, _, _ in self.records)
+        producer = make_producer(self.bootstrap)
+        try:
+            for key, value in payloads:
+                partition = int(key) % self.partitions if key and key.isdigit() else 0
+                producer.send(self.name, key=key, value=value, partition=partition)
+                self.records.append((partition, offsets[partition], value))
+                offsets[partition] += 1
+            producer.flush()
+        finally:
+            producer.close()
+
+
+def new_topic(broker: EmbeddedBroker, name: str, partitions: int = 3) -> KafkaTopic:
+    ensure_topic(broker.bootstrap_servers, name, partitions)
+    return KafkaTopic(broker.bootstrap_servers, name, partitions)
+
+
+def settings_for(home: Path, kafka: KafkaTopic, max_events: int) -> Settings:
+    return Settings(
+        LAMBDA_ARCH_HOME=str(home),
+        KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap,
+        LAMBDA_ARCH_TOPIC=kafka.name,
+        LAMBDA_ARCH_MAX_EVENTS_PER_BATCH=max_events,
+        LAMBDA_ARCH_ALLOWED_LATENESS_MIN=int(LATENESS.total_seconds() // 60),
+    )
+
+
+def generated(count: int, *, seed: int, late_rate: float) -> list[tuple[bytes | None, bytes]]:
+    """Generated records; 0.4 per second makes 400 records span about 18 minutes of event
+    time, more than the allowed lateness."""
+    config = TrafficConfig(
+        seed=seed,
+        start=START,
+        events_per_second=0.4,
+        duplicate_rate=0.08,
+        late_rate=late_rate,
+        malformed_rate=0.05,
+        members=30,
+        titles=10,
+    )
+    return [(r.key, r.value) for r in itertools.islice(generate(config), count)]
+
+
+def keyed(payloads: list[bytes]) -> list[tuple[bytes | None, bytes]]:
+    return [(str(json.loads(p)["member_id"]).encode(), p) for p in payloads]
+
+
+@dataclass
+class Model:
+    """The speed layer's rules over the records of each micro-batch, in batch order."""
+
+    max_seen: datetime | None = None
+    seen: set[str] = field(default_factory=set)
+    counted: list[PlayEvent] = field(default_factory=list)
+    late: list[PlayEvent] = field(default_factory=list)
+
+    @property
+    def watermark(self) -> datetime | None:
+        return None if self.max_seen is None else self.max_seen - LATENESS
+
+    def apply(self, report: StreamReport, records: list[tuple[int, int, bytes]]) -> int:
+        """Replay a run; returns the late events of this run."""
+        late_before = len(self.late)
+        for batch in report.batches:
+            start, end = batch.start_offsets or {}, batch.end_offsets or {}
+            watermark = self.watermark  # fixed for the whole micro-batch
+            newest = self.max_seen
+            for partition, offset, value in records:
+                if not start.get(partition, 0) <= offset < end.get(partition, 0):
+                    continue
+                parsed = parse_payload(value)
+                if isinstance(parsed, Rejection):
+                    continue
+                newest = max(newest or parsed.event_time, parsed.event_time)
+                if watermark is not None and parsed.event_time < watermark:
+                    self.late.append(parsed)
+                elif parsed.event_id not in self.seen:
+                    self.seen.add(parsed.event_id)
+                    self.counted.append(parsed)
+            self.max_seen = newest
+        return len(self.late) - late_before
+
+
+def check_report(report: StreamReport, kafka: KafkaTopic, max_events: int) -> None:
+    """What every run's report must say about offsets, batches and metadata."""
+    end = end_offsets(kafka.bootstrap, kafka.name)
+    assert report.offsets == end
+    assert lag(end, report.offsets) == dict.fromkeys(end, 0)
+    assert report.events_read == sum(b.input_rows for b in report.batches)
+    assert all(b.input_rows <= max_events for b in report.batches)
+    assert report.micro_batches == len(report.batches)
+    metadata = report.metadata()
+    assert all(isinstance(v, int | float | str) for v in metadata.values()), metadata
+    assert metadata["events_read"] == report.events_read
+    assert json.loads(str(metadata["offsets"])) == {str(p): o for p, o in end.items()}
+
+
+def rejected(records: list[tuple[int, int, bytes]]) -> int:
+    return sum(isinstance(parse_payload(v), Rejection) for _, _, v in records)
+
+
+def simulate_crash_after_last_data_batch(checkpoint: str, report: StreamReport) -> int:
+    """Forget the commit of the last batch that read data (as if the process died after the
+    batch wrote its output but before Spark committed it); returns that batch's rows."""
+    last = max((b for b in report.batches if b.input_rows > 0), key=lambda b: b.batch_id)
+    root = Path(checkpoint)
+    for folder, first in (("commits", last.batch_id), ("offsets", last.batch_id + 1)):
+        for entry in (root / folder).iterdir():
+            if entry.name.isdigit() and int(entry.name) >= first:
+                entry.unlink()
+                (entry.parent / f".{entry.name}.crc").unlink(missing_ok=True)  # Hadoop's checksum
+    return last.input_rows
+
+
+def test_trending_and_discovery_speed_exactly_once_with_late_events(
+    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
+) -> None:
+    kafka = new_topic(broker, topic)
+    # 400 records: generated ones (the generator's own held-back records come out only after
+    # 10+ minutes of event time) with 8 plays from an hour ago mixed into the last part.
+    wave1 = generated(392, seed=3, late_rate=0.0)
+    for i in range(8):
+        old = event(
+            f"old-{i}", START - timedelta(minutes=60 - i), member=i, title=1, kind="play_start"
+        )
+        wave1.insert(300 + 10 * i, (str(i).encode(), old))
+    kafka.send(wave1)
+    settings = settings_for(tmp_path / "home", kafka, max_events=150)
+    paths = SpeedPaths(str(tmp_path / "speed"))
+    trending_model, discovery_model = Model(), Model()
+
+    # Run 1: several micro-batches (admission control), duplicates, malformed and late records.
+    report = run_trending_speed(spark, settings, paths)
+    check_report(report, kafka, 150)
+    assert report.events_read == 400 and report.micro_batches >= 3
+    late = trending_model.apply(report, kafka.records)
+    assert late == 8  # the old plays arrive after the watermark moved past them
+    assert report.late_events == late
+    assert report.observed == {"input.records": 400, "input.quarantined": rejected(kafka.records)}
+    view = counts_of(read_trending_speed(spark, paths))
+    assert view == ref_trending(trending_model.counted)
+    assert report.watermark == trending_model.watermark
+    state = read_speed_state(paths, "trending_speed")
+    assert state is not None and state["offsets"] == {str(p): o for p, o in report.offsets.items()}
+    assert datetime.fromisoformat(state["watermark"]) == trending_model.watermark
+
+    discovery = run_discovery_speed(spark, settings, paths)
+    check_report(discovery, kafka, 150)
+    assert discovery.late_events == discovery_model.apply(discovery, kafka.records)
+    assert counts_of(read_discovery_speed(spark, paths)) == ref_discovery(discovery_model.counted)
+
+    # Run 2 without new data: nothing read, nothing changes, the watermark is still reported.
+    again = run_trending_speed(spark, settings, paths)
+    assert (again.micro_batches, again.events_read, again.late_events) == (0, 0, 0)
+    assert again.offsets == report.offsets and again.watermark == report.watermark
+    assert counts_of(read_trending_speed(spark, paths)) == view
+
+    # A batch retried after a crash rewrites its own deltas: still counted once.
+    checkpoint = checkpoint_of(settings, "trending_speed")
+    rows = simulate_crash_after_last_data_batch(checkpoint, report)
+    retried = run_trending_speed(spark, settings, paths)
+    assert retried.events_read == rows and retried.micro_batches >= 1
+    assert counts_of(read_trending_speed(spark, paths)) == view
+
+    # Run 3: new data around the watermark: at it (counted), 1 ms older and older (late),
+    # re-sent copies of counted events (duplicates) and new plays.
+    watermark = trending_model.watermark
+    assert watermark is not None
+    newest = trending_model.max_seen
+    assert newest is not None
+    fresh = [e for e in trending_model.counted if e.event_time >= watermark][:5]
+    assert fresh
+    resent = [
+        p
+        for _, _, p in kafka.records
+        if isinstance(parse_payload(p), PlayEvent) and parse_payload(p) in fresh
+    ]
+    wave3 = [
+        event("at-watermark", watermark, member=1, title=901, kind="play_start"),
+        event("1ms-late", watermark - timedelta(milliseconds=1), member=2, title=902, kind="play_start"),
+        event("late-5m", watermark - timedelta(minutes=5), member=3, title=903, kind="play_start"),
+        event("late-2h", watermark - timedelta(hours=2), member=4, title=903, kind="play_start"),
+        *resent,
+        *[
+            event(f"new-{i}", newest + timedelta(seconds=i), member=i, title=904 + i % 3,
+                  kind="play_start", country="BR", source="search")
+            for i in range(20)
+        ],
+    ]  # fmt: skip
+    kafka.send(keyed(wave3))
+    third = run_trending_speed(spark, settings, paths)
+    check_report(third, kafka, 150)
+    assert third.events_read == len(wave3)
+    assert third.late_events == trending_model.apply(third, kafka.records) == 3
+    view = counts_of(read_trending_speed(spark, paths))
+    assert view == ref_trending(trending_model.counted)
+    titles = Counter(key[2] for key in view.elements())
+    assert titles[901] == 1 and titles[902] == 0 and titles[903] == 0
+    assert third.watermark == newest + timedelta(seconds=19) - LATENESS
+
+    discovery = run_discovery_speed(spark, settings, paths)
+    assert discovery.late_events == discovery_model.apply(discovery, kafka.records) == 3
+    assert counts_of(read_discovery_speed(spark, paths)) == ref_discovery(discovery_model.counted)
+    state = read_speed_state(paths, "discovery_speed")
+    assert state is not None and state["late_events_total"] == len(discovery_model.late)
+
+
+def test_admission_control_gives_the_same_view(
+    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
+) -> None:
+    """Small batches and one big batch agree (without late records, batching cannot matter)."""
+    kafka = new_topic(broker, topic)
+    kafka.send(generated(300, seed=8, late_rate=0.0))
+    small = run_trending_speed(
+        spark, settings_for(tmp_path / "a", kafka, 60), SpeedPaths(str(tmp_path / "speed-a"))
+    )
+    big = run_trending_speed(
+        spark, settings_for(tmp_path / "b", kafka, 100_000), SpeedPaths(str(tmp_path / "speed-b"))
+    )
+    assert small.micro_batches >= 5 and max(b.input_rows for b in small.batches) <= 60
+    assert [b.input_rows for b in big.batches if b.input_rows] == [300]
+    model = Model()
+    model.apply(big, kafka.records)
+    view = counts_of(read_trending_speed(spark, str(tmp_path / "speed-a")))
+    assert view == counts_of(read_trending_speed(spark, str(tmp_path / "speed-b")))
+    assert view == ref_trending(model.counted) and sum(view.values()) > 0
+
+
+def sessions_wave(t: datetime) -> list[bytes]:
+    """Sessions around the 30-minute boundary, duplicates and out-of-order events."""
+    return [
+        event("a1", t, member=1, position=0),
+        event("a2", t + timedelta(minutes=29, seconds=59), member=1, position=1_000),
+        event("a2", t + timedelta(minutes=29, seconds=59), member=1, position=1_000),  # copy
+        event("b2", t + timedelta(minutes=31), member=2, position=9_000),
+        event("b1", t + timedelta(minutes=30), member=2, position=4_000),  # out of order
+        event("a3", t + timedelta(minutes=59, seconds=59), member=1),  # exactly 30:00 later
+        event("b3", t + timedelta(minutes=45), member=2, title=11),
+        event("a4", t + timedelta(minutes=90), member=1, position=5_000),  # 30:01 later
+        event("b4", t + timedelta(minutes=91), member=2),
+        event("clock", t + timedelta(hours=3), member=3),  # closes every session above
+    ]
+
+
+def closed(model: Model, sessions: list[tuple]) -> list[tuple]:
+    """Reference sessions that Spark has emitted: window end before its final watermark."""
+    assert model.watermark is not None
+    spark_watermark = micros(model.watermark) - 1_000  # Spark's: 1 ms below the contract's
+    gap = SPARK_SESSION_GAP // timedelta(microseconds=1)
+    for session in sessions:  # keep the test clear of the emission boundary
+        assert abs(session[3] + gap - spark_watermark) > 1_000_000, session
+    return [s for s in sessions if s[3] + gap < spark_watermark]
+
+
+def test_sessions_speed_closes_sessions_once(
+    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
+) -> None:
+    kafka = new_topic(broker, topic, partitions=2)
+    kafka.send([*keyed(sessions_wave(START)), (b"9", b"not json")])
+    settings = settings_for(tmp_path / "home", kafka, max_events=4)
+    paths = SpeedPaths(str(tmp_path / "speed"))
+    model = Model()
+
+    first = run_sessions_speed(spark, settings, paths)
+    check_report(first, kafka, 4)
+    assert first.micro_batches >= 3 and first.observed["input.quarantined"] == 1
+    assert first.late_events == model.apply(first, kafka.records) == 0
+    got = sessions_of(read_sessions_speed(spark, paths))
+    assert got == closed(model, ref_sessions(model.counted))
+    start = micros(START)
+    assert [s[2:] for s in got if s[0] == 1] == [
+        (start, start + 1799 * 1_000_000, 2, 1_000),  # a1 + a2 (29:59 gap, copy dropped)
+        (start + 3599 * 1_000_000, start + 3599 * 1_000_000, 1, 0),  # a3: 30:00 gap
+        (start + 5400 * 1_000_000, start + 5400 * 1_000_000, 1, 0),  # a4: 30:01 gap
+    ]
+    assert not [s for s in got if s[0] == 3]  # the clock's own session is still open
+
+    again = run_sessions_speed(spark, settings, paths)
+    assert again.events_read == 0
+    assert sessions_of(read_sessions_speed(spark, paths)) == got
+
+    # A late event that would have joined member 1's sessions is dropped; a later clock
+    # closes member 3's session.
+    t = START
+    kafka.send(
+        keyed(
+            [
+                event("a-late", t + timedelta(minutes=45), member=1),
+                event("c2", t + timedelta(hours=3, minutes=5), member=3, position=10),
+                event("clock2", t + timedelta(hours=5), member=4),
+            ]
+        )
+    )
+    third = run_sessions_speed(spark, settings, paths)
+    assert third.late_events == model.apply(third, kafka.records) == 1
+    got = sessions_of(read_sessions_speed(spark, paths))
+    assert got == closed(model, ref_sessions(model.counted))
+    assert [s[4] for s in got if s[0] == 3] == [2]
+
+
+def test_new_checkpoint_over_old_output_is_refused(
+    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
+) -> None:
+    kafka = new_topic(broker, topic, partitions=1)
+    paths = SpeedPaths(str(tmp_path / "speed"))
+    (tmp_path / "speed" / "trending_speed" / "batch_id=0").mkdir(parents=True)
+    with pytest.raises(SpeedStateError, match="delete both"):
+        run_trending_speed(spark, settings_for(tmp_path / "home", kafka, 10), paths)
+
+
+def test_landing_keeps_every_record_once(
+    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
+) -> None:
+    kafka = new_topic(broker, topic, partitions=2)
+    kafka.send(generated(120, seed=4, late_rate=0.0))
+    settings = settings_for(tmp_path / "home", kafka, max_events=50)
+    lake = Lake(str(tmp_path / "warehouse"), f"speed_{uuid.uuid4().hex[:10]}")
+    bad = rejected(kafka.records)
+    assert bad > 0
+
+    report = run_landing(spark, settings, lake)
+    check_report(report, kafka, 50)
+    assert report.micro_batches >= 3
+    assert report.observed == {
+        "landing.records": 120,
+        "landing.valid": 120 - bad,
+        "landing.quarantined": bad,
+    }
+    # Raw means raw: duplicates stay (the batch layer deduplicates).
+    assert read_play_events(spark, lake).count() == 120 - bad
+    assert read_quarantine(spark, lake).count() == bad
+
+    again = run_landing(spark, settings, lake)
+    assert again.events_read == 0 and read_play_events(spark, lake).count() == 120 - bad
+
+    with pytest.raises(SpeedStateError, match="landing checkpoint"):
+        run_landing(spark, settings_for(tmp_path / "other-home", kafka, 50), lake)
+
+
+# The generic runner -----------------------------------------------------------------------------
+
+
+def ignore_batch(batch_df, batch_id: int) -> None:
+    """foreachBatch that only makes Spark read the batch."""
+    batch_df.count()
+
+
+def raw_writer(spark, kafka: KafkaTopic, **options):
+    register_kafka_source(spark)
+    return (
+        spark.readStream.format(SOURCE_NAME)
+        .options(**source_options(kafka.bootstrap, kafka.name, **options))
+        .load()
+        .writeStream.foreachBatch(ignore_batch)
+    )
+
+
+def test_runner_lock_makes_a_second_run_wait_or_give_up(
+    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
+) -> None:
+    kafka = new_topic(broker, topic, partitions=1)
+    kafka.send([(b"1", b"x")] * 5)
+    checkpoint, locks = str(tmp_path / "checkpoint"), tmp_path / "locks"
+
+    results: list[StreamReport | BaseException] = []
+
+    def run(lock_timeout_s: float) -> None:
+        try:
+            results.append(
+                run_available_now(
+                    "raw",
+                    raw_writer(spark, kafka),
+                    checkpoint,
+                    lock_dir=locks,
+                    lock_timeout_s=lock_timeout_s,
+                )
+            )
+        except BaseException as error:
+            results.append(error)
+
+    with checkpoint_lock(locks, checkpoint, timeout_s=0):
+        started = time.monotonic()
+        thread = threading.Thread(target=run, args=(0.5,))
+        thread.start()
+        thread.join(30)
+        assert isinstance(results[-1], CheckpointBusyError)
+        assert checkpoint in str(results[-1]) and time.monotonic() - started >= 0.5
+
+        waiting = threading.Thread(target=run, args=(60,))
+        waiting.start()
+        time.sleep(1.5)
+        assert waiting.is_alive() and not Path(checkpoint).exists()  # waiting, not running
+    waiting.join(120)
+    report = results[-1]
+    assert isinstance(report, StreamReport) and report.events_read == 5, report
+
+
+def test_runner_failures_are_one_line(
+    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
+) -> None:
+    kafka = new_topic(broker, topic, partitions=1)
+    # A resume offset beyond the end of the partition is data loss (a reset broker).
+    writer = raw_writer(spark, kafka, startingOffsets={0: 50})
+    with pytest.raises(StreamDataLossError) as failure:
+        run_available_now("lossy", writer, str(tmp_path / "c1"), lock_dir=tmp_path / "locks")
+    message = str(failure.value)
+    assert isinstance(failure.value, KafkaDataLossError)
+    assert "\n" not in message, message
+    for text in ("'lossy'", f"topic '{kafka.name}' partition 0", "offset 50", "failOnDataLoss"):
+        assert text in message, message
+
+    kafka.send([(b"1", b"x")] * 3)
+    with pytest.raises(StreamTimeoutError, match="did not finish within"):
+        run_available_now(
+            "slow",
+            raw_writer(spark, kafka),
+            str(tmp_path / "c2"),
+            lock_dir=tmp_path / "locks",
+            timeout_s=0.01,
+        )
+    assert not [q for q in spark.streams.active if q.name == "slow"]
+
+
+def test_lag_and_metadata_of_an_empty_report() -> None:
+    assert lag({0: 10, 1: 5, 2: 7}, {0: 4, 1: 5}) == {0: 6, 1: 0, 2: 7}
+    report = StreamReport(
+        name="q",
+        checkpoint="/c",
+        micro_batches=0,
+        events_read=0,
+        start_offsets={},
+        offsets={0: 3},
+        duration_s=0.5,
+        events_per_s=0.0,
+        max_event_time=None,
+        watermark=datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
+        late_events=0,
+        observed={"input.records": 2.0},
+    )
+    assert report.metadata() == {
+        "query": "q",
+        "micro_batches": 0,
+        "events_read": 0,
+        "late_events": 0,
+        "duration_s": 0.5,
+        "events_per_s": 0.0,
+        "offsets": '{"0": 3}',
+        "start_offsets": "{}",
+        "offset_total": 3,
+        "watermark": "2026-03-01T12:00:00.000Z",
+        "observed.input.records": 2,
+    }
+
+
+def test_stream_view_serves_as_it_goes_and_hands_over_to_available_now(
+    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
+) -> None:
+    """A continuous trending query: every micro-batch is published while it runs, an
+    availableNow run of the same view meanwhile returns once the stream has passed the topic's
+    end offsets (it never waits for the stream to end), and the counts are the model's."""
+    kafka = new_topic(broker, topic)
+    kafka.send(generated(200, seed=5, late_rate=0.0))
+    settings = settings_for(tmp_path / "home", kafka, max_events=150).model_copy(
+        update={"speed_trigger_s": 0.5}
+    )
+    paths = SpeedPaths(str(tmp_path / "speed"))
+    published: list[StreamReport] = []
+    outcome: list[StreamReport | BaseException] = []
+    finished = threading.Event()
+
+    def stream() -> None:
+        try:
+            outcome.append(
+                stream_view(
+                    spark,
+                    settings,
+                    "trending_speed",
+                    stream_s=300,  # ends when the test has seen what it needs
+                    on_batch=published.append,
+                    stop_early=finished.is_set,
+                    paths=paths,
+                )
+            )
+        except BaseException as error:
+            outcome.append(error)
+
+    def events_published() -> int:
+        return sum(batch.events_read for batch in published)
+
+    def wait_for(events: int) -> None:
+        deadline = time.monotonic() + 120
+        while events_published() < events and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.2)
+        assert events_published() >= events, (events_published(), outcome)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    wait_for(200)
+    state = read_speed_state(paths, "trending_speed")  # saved before on_batch is called
+    assert state is not None and sum(state["offsets"].values()) >= 150
+
+    kafka.send(generated(100, seed=6, late_rate=0.0))
+    handed_over = run_trending_speed(spark, settings, paths)
+    assert thread.is_alive(), "the availableNow run waited for the stream to end"
+    assert handed_over.caught_up_by_holder and handed_over.events_read == 0
+    assert handed_over.offsets == end_offsets(kafka.bootstrap, kafka.name)
+    assert handed_over.metadata()["caught_up_by"]
+    wait_for(300)
+    assert thread.is_alive(), "the stream ended before it was told to"
+    finished.set()
+    thread.join(90)
+    assert not thread.is_alive()
+    report = outcome[-1]
+    assert isinstance(report, StreamReport), report
+    check_report(report, kafka, 150)
+    assert report.events_read == 300 == events_published()
+    assert [b.batch_id for b in report.batches] == [
+        b.batch_id for p in published for b in p.batches
+    ]
+    model = Model()
+    model.apply(report, kafka.records)
+    assert counts_of(read_trending_speed(spark, paths)) == ref_trending(model.counted)
+    assert report.watermark == model.watermark
+
+    # The lock is free again: a plain availableNow run, with nothing new to read.
+    after = run_trending_speed(spark, settings, paths)
+    assert not after.caught_up_by_holder and after.events_read == 0
+    assert after.offsets == report.offsets

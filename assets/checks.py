@@ -47,6 +47,7 @@ from assets.speed import (
 from lambda_arch.batch import layer as batch
 from lambda_arch.batch.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake, read_play_events
 from lambda_arch.common.config import Settings, load_settings
+from lambda_arch.common.times import parse_time
 from lambda_arch.quality import rules as quality
 from lambda_arch.speed import layer as speed
 from lambda_arch.views.transforms import DISCOVERY_COLUMNS, SESSION_COLUMNS, TRENDING_COLUMNS
@@ -342,7 +343,7 @@ def speed_matches_batch(
         return AssetCheckResult(passed=True, metadata={"skipped": reason})
     lake = Lake.from_settings(config)
     fresh, skipped = _fresh_days(lake, batch.TRENDING_TABLE, days)
-    watermark_at = datetime.fromisoformat(watermark.replace("Z", "+00:00"))
+    watermark_at = parse_time(watermark)
     ranges = quality.covered_range(fresh, watermark_at)
     session = spark.session()
     batch.ensure_batch_tables(session, lake)

@@ -57,7 +57,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lambda_arch.ingest.schema import format_event_time
+from lambda_arch.common.times import format_time
 from lambda_arch.runtime.broker import free_port
 from lambda_arch.runtime.processes import isolated_env, spawn
 from lambda_arch.serving.store import iso
@@ -176,7 +176,7 @@ def send_marker(producer: Any, topic: str, title_id: int) -> Marker:
     document = {
         "event_id": str(uuid.uuid4()),
         "event_type": "play_start",
-        "event_time": format_event_time(now),
+        "event_time": format_time(now),
         "member_id": MARKER_MEMBER,
         "title_id": title_id,
         "country": MARKER_COUNTRY,

@@ -38,6 +38,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lambda_arch.batch.lake import EVENTS_SCHEMA, EVENTS_TABLE, Lake, read_play_events
+from lambda_arch.common.times import parse_optional_time
 from lambda_arch.ingest.spark_schema import SPARK_EVENT_COLUMNS
 from lambda_arch.views.transforms import (
     DISCOVERY_COLUMNS,
@@ -345,7 +346,7 @@ def landing_watermark(settings: Settings) -> datetime | None:
 
     state = read_speed_state(SpeedPaths.from_settings(settings), LANDING) or {}
     text = state.get("watermark")
-    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    return parse_optional_time(text)
 
 
 def first_landed_day(lake: Lake) -> date | None:

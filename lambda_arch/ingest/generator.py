@@ -34,7 +34,8 @@ from itertools import accumulate
 from operator import mul
 from typing import Any
 
-from lambda_arch.ingest.schema import DEVICES, epoch_millis, format_event_time
+from lambda_arch.common.times import epoch_millis, format_time, from_epoch_millis
+from lambda_arch.ingest.schema import DEVICES
 
 KIND_EVENT = "event"
 KIND_DUPLICATE = "duplicate"
@@ -172,7 +173,6 @@ EXTRA_FIELD_CLIENTS = 8
 EXTRA_FIELD = ',"app_version":"8.112.0"'
 
 _MASK64 = (1 << 64) - 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UUID_VERSION_CLEAR = ~((0xF << 76) | (0x3 << 62))
 _UUID_VERSION_SET = (0x4 << 76) | (0x2 << 62)
 
@@ -237,7 +237,7 @@ def _start_of(config: TrafficConfig) -> datetime:
     if start.tzinfo is None:
         start = start.replace(tzinfo=UTC)
     # Whole milliseconds, like every event time the generator writes.
-    return _EPOCH + timedelta(milliseconds=epoch_millis(start))
+    return from_epoch_millis(epoch_millis(start))
 
 
 def _mix64(value: int) -> int:
@@ -795,7 +795,7 @@ def _stream(config: TrafficConfig) -> Iterator[GeneratedRecord]:
             second = t - t % SECOND_MS
             if second != second_ms:
                 second_ms = second
-                second_text = format_event_time(event_dt)[:-5]
+                second_text = format_time(event_dt)[:-5]
             time_json = f'"{second_text}.{t % SECOND_MS:03d}Z"'
         position_json = "" if profile & _NO_POSITION else f',"position_ms":{position}'
         value = (

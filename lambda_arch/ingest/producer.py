@@ -22,7 +22,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from lambda_arch.common.config import Settings
-from lambda_arch.ingest.schema import format_event_time
+from lambda_arch.common.times import format_time
 from lambda_arch.runtime.broker import ServiceError, require_reachable, unreachable_message
 
 DEFAULT_EVENTS = 10_000
@@ -156,7 +156,7 @@ def _csv_document(row: dict[str, str]) -> dict[str, Any]:
 def _parquet_value(value: Any) -> Any:
     if isinstance(value, datetime):
         aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return format_event_time(aware)
+        return format_time(aware)
     return value
 
 

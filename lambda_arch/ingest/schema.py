@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from lambda_arch.common.times import epoch_millis, from_epoch_millis
+
 EVENT_TYPES: tuple[str, ...] = ("play_start", "play_heartbeat", "play_stop")
 DEVICES: tuple[str, ...] = ("tv", "mobile", "web", "tablet", "console", "other")
 DISCOVERY_SOURCES: tuple[str, ...] = (
@@ -90,7 +92,6 @@ ISO_TIME_PATTERN = (
     r"([Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])(?![\s\S])"
 )
 _ISO_TIME = re.compile(ISO_TIME_PATTERN)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Reason vocabulary (shared with the Spark twin).
 REASON_INVALID_UTF8 = "invalid UTF-8"
@@ -329,7 +330,7 @@ def parse_event_time(value: Any) -> datetime:
     if _is_int(value):
         if not MIN_EVENT_TIME_MS <= value < MAX_EVENT_TIME_MS:
             raise _Invalid(invalid_value("event_time"))
-        return _EPOCH + timedelta(milliseconds=value)
+        return from_epoch_millis(value)
     if not isinstance(value, str):
         raise _Invalid(wrong_type("event_time"))
     match = _ISO_TIME.match(value)
@@ -355,12 +356,6 @@ def parse_event_time(value: Any) -> datetime:
     if not MIN_EVENT_TIME_MS <= epoch_millis(utc) < MAX_EVENT_TIME_MS:
         raise _Invalid(invalid_value("event_time"))
     return utc
-
-
-def epoch_millis(moment: datetime) -> int:
-    """Milliseconds since the epoch (floor) of an aware datetime."""
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 def validate_event(document: dict[str, Any]) -> PlayEvent:
@@ -406,9 +401,3 @@ def parse_payload(payload: bytes | str | None) -> PlayEvent | Rejection:
         return validate_event(decode_payload(payload))
     except _Invalid as invalid:
         return Rejection(invalid.reason)
-
-
-def format_event_time(moment: datetime) -> str:
-    """The canonical ISO-8601 text of a UTC time, as the generator and the APIs write it."""
-    text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")

@@ -21,9 +21,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+from lambda_arch.common.times import format_time, from_epoch_seconds
 
 AlertKind = Literal["check_failed", "run_failed"]
 
@@ -44,8 +45,7 @@ def severity_at_least(severity: str, minimum: str) -> bool:
 
 def iso_utc(timestamp: float) -> str:
     """Epoch seconds as ISO-8601 UTC with milliseconds and a `Z`."""
-    moment = datetime.fromtimestamp(timestamp, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return format_time(from_epoch_seconds(timestamp))
 
 
 def run_url(dagster_port: int, run_id: str | None) -> str | None:

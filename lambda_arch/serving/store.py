@@ -49,6 +49,7 @@ import pyarrow.fs as pafs
 from lambda_arch.batch import layer as batch
 from lambda_arch.batch.lake import Lake, _pyarrow_uri
 from lambda_arch.common.config import Settings
+from lambda_arch.common.times import format_optional_time, parse_time
 from lambda_arch.ingest.schema import COUNTRIES
 from lambda_arch.serving.ranking import Window, ranked_titles, shares
 from lambda_arch.speed import layer as speed
@@ -164,26 +165,15 @@ CREATE TABLE IF NOT EXISTS views (view TEXT PRIMARY KEY, batch_watermark INTEGER
 
 def iso(moment: datetime | None) -> str | None:
     """UTC ISO-8601 with Z: seconds for whole seconds, else milliseconds or microseconds."""
-    if moment is None:
-        return None
-    moment = moment.astimezone(UTC)
-    spec = "seconds"
-    if moment.microsecond:
-        spec = "milliseconds" if moment.microsecond % 1000 == 0 else "microseconds"
-    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+    return format_optional_time(moment, "shortest")
 
 
 def parse_iso(text: str) -> datetime:
     """An ISO-8601 time with offset or Z as an aware UTC datetime; ServingError otherwise."""
     try:
-        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise ServingError(
-            f"{text!r} is not an ISO-8601 time such as 2026-03-01T12:00:00Z"
-        ) from None
-    if parsed.tzinfo is None:
-        raise ServingError(f"{text!r} has no UTC offset: add Z or +HH:MM")
-    return parsed.astimezone(UTC)
+        return parse_time(text)
+    except ValueError as error:
+        raise ServingError(str(error)) from None
 
 
 def check_country(country: str | None) -> str | None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 
 from lambda_arch.common.config import Settings
+from lambda_arch.common.times import format_optional_time, format_time, parse_optional_time
 from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError, end_offsets
 from lambda_arch.ingest.kafka_source import (
     SOURCE_NAME,
@@ -309,7 +310,7 @@ def stream_view(
     def publish(batch: StreamReport) -> None:
         state = _save_state(paths, name, settings, batch)
         if on_batch is not None:
-            on_batch(replace(batch, watermark=_parse_time(state.get("watermark"))))
+            on_batch(replace(batch, watermark=parse_optional_time(state.get("watermark"))))
 
     report = run_stream(
         name,
@@ -325,7 +326,7 @@ def stream_view(
         session_conf=SPEED_SESSION_CONF,
     )
     state = read_speed_state(paths, name) or {}
-    return replace(report, watermark=_parse_time(state.get("watermark")))
+    return replace(report, watermark=parse_optional_time(state.get("watermark")))
 
 
 def _run(
@@ -367,13 +368,15 @@ def _run(
             caught_up = _caught_up_by_holder(name, checkpoint, target)
             if caught_up is not None:
                 state = read_speed_state(paths, name) or {}
-                return replace(caught_up, watermark=_parse_time(state.get("watermark")))
+                return replace(caught_up, watermark=parse_optional_time(state.get("watermark")))
             if time.monotonic() >= deadline:
                 raise
     state = _save_state(paths, name, settings, report)
     # Report the contract's watermark (latest event time seen - lateness), not Spark's
     # (1 ms less, see SPARK_WATERMARK_MARGIN), and also after a run that read nothing.
-    return replace(report, watermark=_parse_time(state.get("watermark")), data_loss=tuple(gaps))
+    return replace(
+        report, watermark=parse_optional_time(state.get("watermark")), data_loss=tuple(gaps)
+    )
 
 
 # How long one wait for a busy checkpoint's lock lasts before its offsets are looked at again.
@@ -545,34 +548,24 @@ def _save_state(
     paths: SpeedPaths, name: str, settings: Settings, report: StreamReport
 ) -> dict[str, Any]:
     previous = read_speed_state(paths, name) or {}
-    seen = [t for t in (_parse_time(previous.get("max_event_time")), report.max_event_time) if t]
+    seen = [
+        t for t in (parse_optional_time(previous.get("max_event_time")), report.max_event_time) if t
+    ]
     latest = max(seen) if seen else None
     lateness = timedelta(minutes=settings.allowed_lateness_min)
     offsets = report.offsets or {int(p): o for p, o in (previous.get("offsets") or {}).items()}
     state = {
         "query": name,
         "topic": settings.topic,
-        "max_event_time": _iso(latest),
-        "watermark": _iso(latest - lateness if latest else None),
+        "max_event_time": format_optional_time(latest),
+        "watermark": format_optional_time(latest - lateness if latest else None),
         "allowed_lateness_min": settings.allowed_lateness_min,
         "offsets": {str(p): o for p, o in sorted(offsets.items())},
         "late_events_total": int(previous.get("late_events_total", 0)) + report.late_events,
-        "updated_at": _iso(datetime.now(UTC)),
+        "updated_at": format_time(datetime.now(UTC)),
     }
     _write_text(paths.state_file(name), json.dumps(state, indent=1) + "\n")
     return state
-
-
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _parse_time(text: Any) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
 
 
 # Files (local folder or S3) -----------------------------------------------------------------

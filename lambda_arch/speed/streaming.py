@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lambda_arch.common.times import EPOCH, format_time, parse_optional_time
 from lambda_arch.ingest.kafka_offsets import Gap, KafkaDataLossError
 from lambda_arch.ingest.kafka_source import checkpoint_offsets
 
@@ -39,7 +40,6 @@ PROGRESS_RETENTION = "1000"
 _POLL_S = 0.25
 # A continuous query still busy this long after its time is stopped mid-batch.
 _STOP_GRACE_S = 60.0
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Session confs are read when a query starts (Spark clones the session then): setting them,
 # starting and restoring happen under one lock so concurrent starts do not see each other's.
 _START_LOCK = threading.Lock()
@@ -160,9 +160,9 @@ class StreamReport:
             "offset_total": sum(self.offsets.values()),
         }
         if self.max_event_time is not None:
-            result["max_event_time"] = _iso(self.max_event_time)
+            result["max_event_time"] = format_time(self.max_event_time)
         if self.watermark is not None:
-            result["watermark"] = _iso(self.watermark)
+            result["watermark"] = format_time(self.watermark)
         if self.caught_up_by_holder:
             result["caught_up_by"] = "the run holding the checkpoint (e.g. views_stream_job)"
         if self.data_loss:
@@ -184,18 +184,10 @@ def lag(end: Mapping[int, int], offsets: Mapping[int, int]) -> dict[int, int]:
     return {p: max(int(end[p]) - int(offsets.get(p, 0)), 0) for p in sorted(end)}
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _parse_time(text: Any) -> datetime | None:
-    if not text:
-        return None
-    moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+    moment = parse_optional_time(text, assume_utc=True)
     # Spark reports watermark 0 (the epoch) until a first batch has set one.
-    return None if moment == _EPOCH else moment
+    return None if moment == EPOCH else moment
 
 
 def _offsets(value: Any) -> dict[int, int] | None:

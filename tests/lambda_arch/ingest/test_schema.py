@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from lambda_arch.common.times import epoch_millis
 from lambda_arch.ingest.schema import (
     INT64_MAX,
     INT64_MIN,
@@ -30,7 +31,6 @@ from lambda_arch.ingest.schema import (
     REASON_TOO_LARGE,
     PlayEvent,
     Rejection,
-    epoch_millis,
     invalid_value,
     missing,
     out_of_range,

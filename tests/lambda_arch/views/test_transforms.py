@@ -17,8 +17,9 @@ import pytest
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from lambda_arch.common.times import epoch_millis
 from lambda_arch.ingest.generator import TrafficConfig, generate
-from lambda_arch.ingest.schema import PlayEvent, Rejection, epoch_millis, parse_payload
+from lambda_arch.ingest.schema import PlayEvent, Rejection, parse_payload
 from lambda_arch.ingest.spark_schema import parse_events
 from lambda_arch.views.transforms import (
     DISCOVERY_COLUMNS,

@@ -50,9 +50,12 @@ chromium: $(CHROMIUM)
 demo: install check-java
 	LAMBDA_ARCH_SPEED_STREAM_S=$${LAMBDA_ARCH_SPEED_STREAM_S:-600} $(BIN)/lambda-arch up
 
+# The import boundaries (core without Dagster, no import cycles) are a test of their own, under a
+# second: part of lint so an edit that breaks them fails before any JVM starts.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q --no-header -p no:cacheprovider tests/test_architecture.py
 
 test: install check-java chromium lint
 	$(BIN)/python -m pytest

@@ -116,3 +116,26 @@ def spawn_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     if extra:
         environment.update(extra)
     return environment
+
+
+# PID files: which child of `lambda-arch up` still runs. Here, below both the stack (which writes
+# them) and the Spark session builder (which looks for the home's Connect server), so neither has
+# to import the other.
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    """Record pid with its start time in path."""
+    # The start time tells a live owner from an unrelated process that reused the PID.
+    path.write_text(f"{pid} {psutil.Process(pid).create_time()}\n")
+
+
+def pid_file_owner(path: Path) -> int | None:
+    """The PID recorded in path when that process still runs, else None."""
+    try:
+        pid_text, started_text = path.read_text().split()
+        process = psutil.Process(int(pid_text))
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.pid if abs(process.create_time() - float(started_text)) < 0.01 else None
+    except (OSError, ValueError, psutil.Error):
+        return None

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from lambda_arch.common.config import Settings
 from lambda_arch.common.storage import s3_endpoint, s3_region
+from lambda_arch.runtime.processes import pid_file_owner
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -225,6 +226,28 @@ def local_session_conf(settings: Settings, *, ui: bool = False) -> dict[str, str
     return conf
 
 
+# Where the Connect server of a home answers. The client side lives here, with the session
+# builder that needs it; the server process (lambda_arch.runtime.spark_connect) builds on this
+# module's configuration, so the dependency runs one way only.
+CONNECT_SERVER_NAME = "spark-connect"  # `up` names its log and PID file after it
+
+
+def connect_url(port: int) -> str:
+    """The Spark Connect URL of a server on this machine's loopback port."""
+    return f"sc://127.0.0.1:{port}"
+
+
+def running_server_url(settings: Settings) -> str | None:
+    """The URL of the Connect server a `lambda-arch up` runs for this home, if one runs.
+
+    Lets commands started next to `up` (run, trending, ...) share its JVM and metastore
+    instead of failing on Derby's one-JVM lock.
+    """
+    if pid_file_owner(settings.run_dir / f"{CONNECT_SERVER_NAME}.pid") is None:
+        return None
+    return connect_url(settings.spark_connect_port)
+
+
 def build_session(
     settings: Settings, *, app_name: str = "lambda-arch", ui: bool = False
 ) -> SparkSession:
@@ -239,8 +262,6 @@ def build_session(
 
     remote = settings.spark_remote
     if remote is None:
-        from lambda_arch.runtime.spark_connect import running_server_url
-
         # Next to `lambda-arch up`, its Connect server owns the metastore: share it.
         remote = running_server_url(settings)
     if remote:

@@ -23,6 +23,8 @@ from lambda_arch.common.config import Settings
 from lambda_arch.runtime.broker import ServiceError, port_in_use
 from lambda_arch.runtime.processes import spawn, spawn_env, stop_process
 from lambda_arch.runtime.spark import (
+    CONNECT_SERVER_NAME,
+    connect_url,
     local_session_conf,
     metastore_dir,
     spark_environment,
@@ -32,7 +34,7 @@ from lambda_arch.runtime.spark import (
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 START_TIMEOUT_S = 180.0  # ~6-10 s alone; generous for a machine shared with other JVMs
 PROBE_TIMEOUT_S = 120.0
-LOG_NAME = "spark-connect"
+LOG_NAME = CONNECT_SERVER_NAME  # its log and PID file (lambda_arch.runtime.stack)
 POLL_S = 0.25
 
 # The first query proves that sessions, SQL and the catalog work, not only that a port is open.
@@ -51,10 +53,6 @@ def spark_home() -> Path:
     from pyspark.find_spark_home import _find_spark_home
 
     return Path(_find_spark_home())
-
-
-def connect_url(port: int) -> str:
-    return f"sc://127.0.0.1:{port}"
 
 
 def server_conf(settings: Settings, port: int) -> dict[str, str]:
@@ -209,16 +207,3 @@ class ConnectServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def running_server_url(settings: Settings) -> str | None:
-    """The URL of the Connect server a `lambda-arch up` runs for this home, if one runs.
-
-    Lets commands started next to `up` (run, trending, ...) share its JVM and metastore
-    instead of failing on Derby's one-JVM lock.
-    """
-    from lambda_arch.runtime.stack import pid_file_owner
-
-    if pid_file_owner(settings.run_dir / f"{LOG_NAME}.pid") is None:
-        return None
-    return connect_url(settings.spark_connect_port)

@@ -38,7 +38,14 @@ from lambda_arch.runtime.broker import (
     require_reachable,
     wait_for_kafka,
 )
-from lambda_arch.runtime.processes import spawn, spawn_env, stop_pid, stop_process
+from lambda_arch.runtime.processes import (
+    pid_file_owner,
+    spawn,
+    spawn_env,
+    stop_pid,
+    stop_process,
+    write_pid_file,
+)
 from lambda_arch.runtime.spark_connect import LOG_NAME as CONNECT_LOG_NAME
 from lambda_arch.runtime.spark_connect import ConnectServer
 
@@ -158,23 +165,6 @@ def write_dagster_yaml(settings: Settings) -> Path:
     )
     path.write_text(header + yaml.safe_dump(dagster_instance_config(settings), sort_keys=False))
     return path
-
-
-def write_pid_file(path: Path, pid: int) -> None:
-    # The start time tells a live owner from an unrelated process that reused the PID.
-    path.write_text(f"{pid} {psutil.Process(pid).create_time()}\n")
-
-
-def pid_file_owner(path: Path) -> int | None:
-    """The PID recorded in path when that process still runs, else None."""
-    try:
-        pid_text, started_text = path.read_text().split()
-        process = psutil.Process(int(pid_text))
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return process.pid if abs(process.create_time() - float(started_text)) < 0.01 else None
-    except (OSError, ValueError, psutil.Error):
-        return None
 
 
 def claim_home(settings: Settings) -> int:

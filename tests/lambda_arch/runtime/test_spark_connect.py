@@ -23,7 +23,8 @@ import pytest
 from lambda_arch.common.config import Settings
 from lambda_arch.ingest.producer import ensure_topic, make_producer
 from lambda_arch.runtime.broker import EmbeddedBroker, ServiceError, free_port
-from lambda_arch.runtime.spark_connect import ConnectServer, running_server_url
+from lambda_arch.runtime.spark import running_server_url
+from lambda_arch.runtime.spark_connect import ConnectServer
 from lambda_arch.runtime.stack import write_pid_file
 
 CHILD = Path(__file__).with_name("connect_client_child.py")

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lambda_arch.common.storage import hadoop_uri, pyarrow_filesystem, pyarrow_uri
 from lambda_arch.ingest.spark_schema import QUARANTINE_REASON_COLUMN, SPARK_EVENT_SCHEMA
-from lambda_arch.runtime.spark import spark_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -80,13 +80,6 @@ _MICROS_PER_HOUR = 3_600_000_000
 
 def _ddl_columns(schema: Iterable[tuple[str, str]]) -> str:
     return ", ".join(f"`{name}` {spark_type.upper()}" for name, spark_type in schema)
-
-
-def _pyarrow_uri(location: str) -> str:
-    """A location as pyarrow names it: s3a:// (Hadoop's name) becomes s3://."""
-    if location.startswith("s3a://"):
-        return "s3://" + location.removeprefix("s3a://")
-    return location
 
 
 def _is_hidden(name: str) -> bool:
@@ -148,11 +141,11 @@ class Lake:
 
     def location(self, table: str) -> str:
         """A table's folder as pyarrow names it (s3:// for S3)."""
-        return f"{_pyarrow_uri(self.database_location)}/{table}"
+        return f"{pyarrow_uri(self.database_location)}/{table}"
 
     def filesystem(self) -> tuple[pafs.FileSystem, str]:
         """(pyarrow file system, path of the database folder in it)."""
-        return pafs.FileSystem.from_uri(_pyarrow_uri(self.database_location))
+        return pyarrow_filesystem(self.database_location)
 
     def _table_path(self, table: str) -> tuple[pafs.FileSystem, str]:
         filesystem, base = self.filesystem()
@@ -166,7 +159,7 @@ class Lake:
         if not spark.catalog.databaseExists(self.database):
             spark.sql(
                 f"CREATE DATABASE IF NOT EXISTS `{self.database}` "
-                f"LOCATION '{spark_uri(self.database_location)}'"
+                f"LOCATION '{hadoop_uri(self.database_location)}'"
             )
         for table, schema, partitioning in (
             (EVENTS_TABLE, EVENTS_SCHEMA, EVENTS_PARTITIONING),
@@ -195,7 +188,7 @@ class Lake:
         spark.sql(
             f"CREATE TABLE IF NOT EXISTS {self.table(table)} ({_ddl_columns(columns)}) "
             f"USING parquet PARTITIONED BY ({', '.join(f'`{n}`' for n, _ in partitioning)}) "
-            f"LOCATION '{spark_uri(self.location(table))}'"
+            f"LOCATION '{hadoop_uri(self.location(table))}'"
         )
         if self.data_files(table):
             spark.sql(f"ALTER TABLE {self.table(table)} RECOVER PARTITIONS")
@@ -430,7 +423,7 @@ def write_landing_batch(
     # One file per table partition and batch: few, larger files for the batch layer to read.
     frame = landing_frame(batch_df).repartition(_KIND, "dt", "hour")
     frame.write.mode("overwrite").partitionBy(_KIND, "dt", "hour").parquet(
-        spark_uri(f"{lake.location(EVENTS_TABLE)}/_staging/{tag}")
+        hadoop_uri(f"{lake.location(EVENTS_TABLE)}/_staging/{tag}")
     )
     events, quarantine = _stage_listing(filesystem, staging)
 

@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import pyarrow.fs as pafs
+
 S3_SCHEMES = ("s3://", "s3a://")
 
 
@@ -24,6 +26,23 @@ class S3BucketError(RuntimeError):
 def is_s3_uri(location: str) -> bool:
     """True for s3:// and s3a:// locations."""
     return location.startswith(S3_SCHEMES)
+
+
+def hadoop_uri(location: str) -> str:
+    """A location as Spark's Hadoop file systems name it: s3:// becomes s3a://."""
+    return "s3a://" + location.removeprefix("s3://") if location.startswith("s3://") else location
+
+
+def pyarrow_uri(location: str) -> str:
+    """A location as pyarrow names it: s3a:// (the same bucket seen through Hadoop) becomes s3://."""
+    return "s3://" + location.removeprefix("s3a://") if location.startswith("s3a://") else location
+
+
+def pyarrow_filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's file system and the path in it of a location (a plain path is local)."""
+    if "://" not in location:
+        return pafs.LocalFileSystem(), location
+    return pafs.FileSystem.from_uri(pyarrow_uri(location))
 
 
 def split_s3_uri(location: str) -> tuple[str, str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lambda_arch.common.config import Settings
-from lambda_arch.common.storage import s3_endpoint, s3_region
+from lambda_arch.common.storage import hadoop_uri, s3_endpoint, s3_region
 from lambda_arch.runtime.processes import pid_file_owner
 
 if TYPE_CHECKING:
@@ -50,18 +50,13 @@ def metastore_dir(settings: Settings) -> Path:
     return settings.home / "metastore"
 
 
-def spark_uri(location: str) -> str:
-    """A lake location as Spark's Hadoop file systems name it: s3:// becomes s3a://."""
-    return "s3a://" + location.removeprefix("s3://") if location.startswith("s3://") else location
-
-
 def catalog_conf(settings: Settings) -> dict[str, str]:
     """SQL, catalog and state-store configuration shared by classic sessions and the Connect server."""
     metastore = metastore_dir(settings)
     return {
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": os.environ.get("LAMBDA_ARCH_SHUFFLE_PARTITIONS", "8"),
-        "spark.sql.warehouse.dir": spark_uri(settings.warehouse),
+        "spark.sql.warehouse.dir": hadoop_uri(settings.warehouse),
         "spark.sql.catalogImplementation": "hive",
         "spark.sql.streaming.stateStore.providerClass": (
             "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"

@@ -47,8 +47,9 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from lambda_arch.batch import layer as batch
-from lambda_arch.batch.lake import Lake, _pyarrow_uri
+from lambda_arch.batch.lake import Lake
 from lambda_arch.common.config import Settings
+from lambda_arch.common.storage import pyarrow_filesystem
 from lambda_arch.common.times import format_optional_time, parse_time
 from lambda_arch.ingest.schema import COUNTRIES
 from lambda_arch.serving.ranking import Window, ranked_titles, shares
@@ -577,12 +578,6 @@ class RefreshReport:
         return metadata
 
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), uri
-    return pafs.FileSystem.from_uri(_pyarrow_uri(uri))
-
-
 def computed_batch_days(lake: Lake, table: str) -> dict[date, str]:
     """Days the batch layer has computed for `table`, each with a version of its computation:
     the modification time of the day's state file, which every (re)computation rewrites last.
@@ -616,7 +611,7 @@ def committed_batches(settings: Settings, query: str) -> list[int]:
     latest = max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=None)
     if latest is None:
         return []
-    filesystem, path = _filesystem(speed.SpeedPaths.from_settings(settings).table(query))
+    filesystem, path = pyarrow_filesystem(speed.SpeedPaths.from_settings(settings).table(query))
     folders = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     ids = [
         int(info.base_name.removeprefix("batch_id="))
@@ -630,7 +625,7 @@ def committed_batches(settings: Settings, query: str) -> list[int]:
 
 def _read_parquet(uri: str, columns: Sequence[str]) -> pa.Table | None:
     """The Parquet files of a folder (hidden ones skipped, as Spark does); None if absent."""
-    filesystem, path = _filesystem(uri)
+    filesystem, path = pyarrow_filesystem(uri)
     if filesystem.get_file_info(path).type != pafs.FileType.Directory:
         return None
     dataset = pads.dataset(path, filesystem=filesystem, format="parquet")

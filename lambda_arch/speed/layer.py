@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 
 from lambda_arch.common.config import Settings
+from lambda_arch.common.storage import hadoop_uri, pyarrow_filesystem
 from lambda_arch.common.times import format_optional_time, format_time, parse_optional_time
 from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError, end_offsets
 from lambda_arch.ingest.kafka_source import (
@@ -123,11 +124,6 @@ class SpeedPaths:
 
     def state_file(self, name: str) -> str:
         return f"{self.root.rstrip('/')}/{STATE_DIR}/{name}.json"
-
-
-def spark_path(uri: str) -> str:
-    """A location as Spark's Hadoop file systems name it: s3:// becomes s3a://."""
-    return "s3a://" + uri.removeprefix("s3://") if uri.startswith("s3://") else uri
 
 
 def _root(paths: SpeedPaths | str) -> SpeedPaths:
@@ -250,7 +246,7 @@ def run_sessions_speed(
     writer = (
         stitch_sessions(speed_events(spark, settings))
         .writeStream.outputMode("append")
-        .foreachBatch(partial(write_batch, spark_path(table)))
+        .foreachBatch(partial(write_batch, hadoop_uri(table)))
     )
     return _run(spark, settings, paths, SESSIONS, writer, checkpoint, timeout_s, lock_timeout_s)
 
@@ -280,7 +276,7 @@ def _view_writer(
     writer = (
         speed_events(spark, settings, VIEW_INPUT_COLUMNS)
         .writeStream.outputMode("append")
-        .foreachBatch(partial(write_view_batch, view, spark_path(table)))
+        .foreachBatch(partial(write_view_batch, view, hadoop_uri(table)))
     )
     return writer, checkpoint
 
@@ -519,13 +515,13 @@ def read_sessions_speed(spark: SparkSession, paths: SpeedPaths | str) -> DataFra
     table = _root(paths).table(SESSIONS)
     if not _has_batches(table):
         return spark.createDataFrame([], SESSION_SCHEMA)
-    return spark.read.schema(SESSION_SCHEMA).parquet(spark_path(table)).select(*SESSION_COLUMNS)
+    return spark.read.schema(SESSION_SCHEMA).parquet(hadoop_uri(table)).select(*SESSION_COLUMNS)
 
 
 def _sum_deltas(spark: SparkSession, table: str, schema: str, key: str) -> DataFrame:
     if not _has_batches(table):
         return spark.createDataFrame([], schema)
-    deltas = spark.read.schema(schema).parquet(spark_path(table))
+    deltas = spark.read.schema(schema).parquet(hadoop_uri(table))
     return deltas.groupBy("minute", "country", key).agg(
         F.sum("plays").cast("bigint").alias("plays")
     )
@@ -579,18 +575,11 @@ def _local(uri: str) -> Path:
     return Path(uri.removeprefix("file://"))
 
 
-def _remote_fs(uri: str) -> tuple[Any, str]:
-    from pyarrow import fs
-
-    # pyarrow knows s3:// only; s3a:// is the same bucket seen through Hadoop.
-    return fs.FileSystem.from_uri("s3://" + uri.split("://", 1)[1])
-
-
 def _read_text(uri: str) -> str | None:
     if _is_local(uri):
         path = _local(uri)
         return path.read_text() if path.exists() else None
-    filesystem, path = _remote_fs(uri)
+    filesystem, path = pyarrow_filesystem(uri)
     from pyarrow import fs
 
     if filesystem.get_file_info(path).type == fs.FileType.NotFound:
@@ -608,7 +597,7 @@ def _write_text(uri: str, text: str) -> None:
         temporary.write_text(text)
         os.replace(temporary, path)
         return
-    filesystem, path = _remote_fs(uri)
+    filesystem, path = pyarrow_filesystem(uri)
     with filesystem.open_output_stream(path) as stream:  # one PUT: atomic on S3
         stream.write(text.encode())
 
@@ -620,7 +609,7 @@ def _has_batches(table: str) -> bool:
         return path.is_dir() and any(p.name.startswith("batch_id=") for p in path.iterdir())
     from pyarrow import fs
 
-    filesystem, path = _remote_fs(table)
+    filesystem, path = pyarrow_filesystem(table)
     infos = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
     return any(info.base_name.startswith("batch_id=") for info in infos)
 

@@ -22,7 +22,14 @@ from botocore.config import Config
 
 from lambda_arch.batch.lake import Lake
 from lambda_arch.common.config import Settings
-from lambda_arch.common.storage import S3BucketError, check_bucket, split_s3_uri
+from lambda_arch.common.storage import (
+    S3BucketError,
+    check_bucket,
+    hadoop_uri,
+    pyarrow_filesystem,
+    pyarrow_uri,
+    split_s3_uri,
+)
 from lambda_arch.ingest.producer import ensure_topic, make_producer
 from lambda_arch.runtime.broker import free_port, port_in_use
 from lambda_arch.runtime.processes import spawn, stop_process
@@ -310,3 +317,34 @@ def test_the_connect_server_gets_the_s3a_settings(tmp_path: Path) -> None:
     conf = server_conf(settings, 15999)
     assert {k: v for k, v in conf.items() if k in s3a_conf(settings)} == s3a_conf(settings)
     assert conf["spark.sql.warehouse.dir"] == "s3a://b/lake"
+
+
+def test_hadoop_and_pyarrow_name_the_same_bucket_each_their_way(tmp_path: Path) -> None:
+    assert hadoop_uri("s3://b/lake/t") == "s3a://b/lake/t"
+    assert hadoop_uri("s3a://b/lake/t") == "s3a://b/lake/t"
+    assert pyarrow_uri("s3a://b/lake/t") == "s3://b/lake/t"
+    assert pyarrow_uri("s3://b/lake/t") == "s3://b/lake/t"
+    for local in ("/tmp/lake", "lake/t", "file:///tmp/lake"):
+        assert hadoop_uri(local) == local
+        assert pyarrow_uri(local) == local
+    # Only the scheme at the start changes, never a "s3://" later in a key.
+    assert pyarrow_uri("s3a://b/s3a://x") == "s3://b/s3a://x"
+    assert hadoop_uri(pyarrow_uri("s3a://b/k")) == "s3a://b/k"
+
+
+def test_pyarrow_filesystem_of_a_plain_path_is_local(tmp_path: Path) -> None:
+    filesystem, path = pyarrow_filesystem(str(tmp_path))
+    assert isinstance(filesystem, pafs.LocalFileSystem)
+    assert path == str(tmp_path)
+    filesystem, path = pyarrow_filesystem(f"file://{tmp_path}")
+    assert isinstance(filesystem, pafs.LocalFileSystem)
+    assert path == str(tmp_path)
+    filesystem, path = pyarrow_filesystem("relative/folder")
+    assert isinstance(filesystem, pafs.LocalFileSystem)
+    assert path == "relative/folder"
+
+
+def test_pyarrow_filesystem_reads_s3a_as_s3(aws_env: str, bucket: str) -> None:
+    filesystem, path = pyarrow_filesystem(f"s3a://{bucket}/lake/x")
+    assert isinstance(filesystem, pafs.S3FileSystem)
+    assert path == f"{bucket}/lake/x"

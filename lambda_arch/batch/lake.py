@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lambda_arch.common.files import write_bytes
 from lambda_arch.common.storage import hadoop_uri, pyarrow_filesystem, pyarrow_uri
 from lambda_arch.ingest.spark_schema import QUARANTINE_REASON_COLUMN, SPARK_EVENT_SCHEMA
 
@@ -353,10 +354,7 @@ def _read_manifest(filesystem: pafs.FileSystem, path: str) -> dict:
 
 
 def _write_manifest(filesystem: pafs.FileSystem, path: str, manifest: dict) -> None:
-    if _is_local(filesystem):
-        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with filesystem.open_output_stream(path) as stream:
-        stream.write(json.dumps(manifest, sort_keys=True).encode())
+    write_bytes(filesystem, path, json.dumps(manifest, sort_keys=True).encode())
 
 
 def _is_local(filesystem: pafs.FileSystem) -> bool:

@@ -38,6 +38,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lambda_arch.batch.lake import EVENTS_SCHEMA, EVENTS_TABLE, Lake, read_play_events
+from lambda_arch.common.files import write_bytes
+from lambda_arch.common.storage import pyarrow_filesystem
 from lambda_arch.common.times import parse_optional_time
 from lambda_arch.ingest.spark_schema import SPARK_EVENT_COLUMNS
 from lambda_arch.views.transforms import (
@@ -264,16 +266,15 @@ def compute_days(
 
 
 def _state_path(lake: Lake, table: str, day: str) -> tuple[pafs.FileSystem, str]:
-    filesystem, base = pafs.FileSystem.from_uri(lake.location("_batch_state"))
+    filesystem, base = pyarrow_filesystem(lake.location("_batch_state"))
     return filesystem, f"{base}/{table}/{day}.json"
 
 
 def write_day_state(lake: Lake, result: DayResult) -> None:
+    """Record a day's computation; atomic, as the serving refresh reads these files any time."""
     filesystem, path = _state_path(lake, result.table, result.day)
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     state = {**asdict(result), "computed_at": datetime.now(UTC).isoformat()}
-    with filesystem.open_output_stream(path) as out:
-        out.write(json.dumps(state, indent=1).encode())
+    write_bytes(filesystem, path, json.dumps(state, indent=1).encode())
 
 
 def read_day_state(lake: Lake, table: str, day: date) -> dict[str, Any] | None:

@@ -24,7 +24,6 @@ late in the run's metadata, never in the view); a repeated event_id is counted o
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 
 from lambda_arch.common.config import Settings
+from lambda_arch.common.files import is_local, local_path, read_text, write_text
 from lambda_arch.common.storage import hadoop_uri, pyarrow_filesystem
 from lambda_arch.common.times import format_optional_time, format_time, parse_optional_time
 from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError, end_offsets
@@ -486,7 +486,7 @@ def _check_fresh_lake(checkpoint: str, lake: Lake) -> None:
     at 0 and a retry of batch N replaces the files of batch N (see lambda_arch.batch.lake)."""
     from lambda_arch.batch.lake import EVENTS_TABLE, QUARANTINE_TABLE
 
-    if (_local(checkpoint) / "offsets").is_dir():
+    if (local_path(checkpoint) / "offsets").is_dir():
         return
     for table in (EVENTS_TABLE, QUARANTINE_TABLE):
         if any(stats.last_batch is not None for stats in lake.partition_dates(table=table)):
@@ -536,7 +536,7 @@ def read_speed_state(paths: SpeedPaths | str, name: str) -> dict[str, Any] | Non
     Keys: query, topic, max_event_time and watermark (ISO text or null), allowed_lateness_min,
     offsets ({"partition": next offset}), late_events_total, updated_at.
     """
-    text = _read_text(_root(paths).state_file(name))
+    text = read_text(_root(paths).state_file(name))
     return None if text is None else json.loads(text)
 
 
@@ -560,52 +560,17 @@ def _save_state(
         "late_events_total": int(previous.get("late_events_total", 0)) + report.late_events,
         "updated_at": format_time(datetime.now(UTC)),
     }
-    _write_text(paths.state_file(name), json.dumps(state, indent=1) + "\n")
+    write_text(paths.state_file(name), json.dumps(state, indent=1) + "\n")
     return state
 
 
 # Files (local folder or S3) -----------------------------------------------------------------
 
 
-def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
-def _local(uri: str) -> Path:
-    return Path(uri.removeprefix("file://"))
-
-
-def _read_text(uri: str) -> str | None:
-    if _is_local(uri):
-        path = _local(uri)
-        return path.read_text() if path.exists() else None
-    filesystem, path = pyarrow_filesystem(uri)
-    from pyarrow import fs
-
-    if filesystem.get_file_info(path).type == fs.FileType.NotFound:
-        return None
-    with filesystem.open_input_stream(path) as stream:
-        return stream.read().decode()
-
-
-def _write_text(uri: str, text: str) -> None:
-    if _is_local(uri):
-        path = _local(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Atomic replace: a reader never sees half a file.
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(text)
-        os.replace(temporary, path)
-        return
-    filesystem, path = pyarrow_filesystem(uri)
-    with filesystem.open_output_stream(path) as stream:  # one PUT: atomic on S3
-        stream.write(text.encode())
-
-
 def _has_batches(table: str) -> bool:
     """Whether a speed table has at least one batch_id=<N> folder."""
-    if _is_local(table):
-        path = _local(table)
+    if is_local(table):
+        path = local_path(table)
         return path.is_dir() and any(p.name.startswith("batch_id=") for p in path.iterdir())
     from pyarrow import fs
 
@@ -621,7 +586,7 @@ def _check_fresh(checkpoint: str, table: str) -> None:
     with a second count of the same events. (A checkpoint that started but never committed a
     batch is fine: Spark re-runs that batch and overwrites its folder.)
     """
-    if (_local(checkpoint) / "offsets").is_dir() or not _has_batches(table):
+    if (local_path(checkpoint) / "offsets").is_dir() or not _has_batches(table):
         return
     raise SpeedStateError(
         f"{table} holds speed batches but the checkpoint {checkpoint} is new: delete both (or "

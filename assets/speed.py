@@ -28,7 +28,8 @@ from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError, offset_bounds
 from lambda_arch.serving import store as serving
 from lambda_arch.serving.ranking import Window, markdown_table, top_titles
 from lambda_arch.speed import layer as speed
-from lambda_arch.speed.streaming import StreamReport, lag
+from lambda_arch.speed.lag import partition_lag
+from lambda_arch.speed.streaming import StreamReport
 from resources import KafkaResource, LambdaArchSettings, SparkResource
 
 if TYPE_CHECKING:
@@ -84,10 +85,10 @@ def run_metadata(settings: Settings, report: StreamReport) -> dict[str, object]:
     """A report as metadata, plus the lag left per partition (plain numbers, so they plot)."""
     metadata: dict[str, object] = dict(report.metadata())
     try:
-        _, end = offset_bounds(settings.bootstrap_servers, settings.topic)
+        earliest, end = offset_bounds(settings.bootstrap_servers, settings.topic)
     except KafkaOffsetsError:
         return metadata
-    left = lag(end, report.offsets) if report.offsets else dict(end)
+    left = partition_lag(end, earliest, report.offsets or None)
     metadata["lag_left"] = sum(left.values())
     metadata.update({f"lag_left_p{p}": n for p, n in sorted(left.items())})
     metadata.update({f"offset_p{p}": o for p, o in sorted(report.offsets.items())})

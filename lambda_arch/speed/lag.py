@@ -70,10 +70,13 @@ class TopicLag:
 def partition_lag(
     end: Mapping[int, int], earliest: Mapping[int, int], checkpoint: Mapping[int, int] | None
 ) -> dict[int, int]:
-    """Records between a checkpoint and the end, per partition (from earliest when never run).
+    """Records per partition that a query has still to read: end - max(checkpoint, earliest).
 
-    A checkpoint beyond the end (a reset broker) counts as zero here: data loss is the Kafka
-    source's to report, with both offsets, when the query runs.
+    The one lag rule (sensors, asset metadata, tests). `checkpoint` is where a query stands (a
+    checkpoint's or a run's end offsets); a partition it has not read yet, or a checkpoint
+    below the earliest retained offset (records deleted by retention), counts only what is
+    still on the broker. A checkpoint beyond the end (a reset broker) counts as zero here:
+    data loss is the Kafka source's to report, with both offsets, when the query runs.
     """
     lag: dict[int, int] = {}
     for partition, last in end.items():

@@ -179,11 +179,6 @@ class StreamReport:
         return result
 
 
-def lag(end: Mapping[int, int], offsets: Mapping[int, int]) -> dict[int, int]:
-    """Records left per partition: broker end offsets minus the offsets a run ended at."""
-    return {p: max(int(end[p]) - int(offsets.get(p, 0)), 0) for p in sorted(end)}
-
-
 def _parse_time(text: Any) -> datetime | None:
     moment = parse_optional_time(text, assume_utc=True)
     # Spark reports watermark 0 (the epoch) until a first batch has set one.

@@ -28,6 +28,7 @@ from lambda_arch.ingest.kafka_source import SOURCE_NAME, register_kafka_source, 
 from lambda_arch.ingest.producer import ensure_topic, make_producer
 from lambda_arch.ingest.schema import PlayEvent, Rejection, parse_payload
 from lambda_arch.runtime.broker import EmbeddedBroker
+from lambda_arch.speed.lag import partition_lag
 from lambda_arch.speed.layer import (
     SpeedPaths,
     SpeedStateError,
@@ -48,7 +49,6 @@ from lambda_arch.speed.streaming import (
     StreamReport,
     StreamTimeoutError,
     checkpoint_lock,
-    lag,
     run_available_now,
 )
 from tests.lambda_arch.views.test_transforms import (
@@ -165,7 +165,7 @@ def check_report(report: StreamReport, kafka: KafkaTopic, max_events: int) -> No
     """What every run's report must say about offsets, batches and metadata."""
     end = end_offsets(kafka.bootstrap, kafka.name)
     assert report.offsets == end
-    assert lag(end, report.offsets) == dict.fromkeys(end, 0)
+    assert partition_lag(end, {}, report.offsets) == dict.fromkeys(end, 0)
     assert report.events_read == sum(b.input_rows for b in report.batches)
     assert all(b.input_rows <= max_events for b in report.batches)
     assert report.micro_batches == len(report.batches)
@@ -502,7 +502,7 @@ def test_runner_failures_are_one_line(
 
 
 def test_lag_and_metadata_of_an_empty_report() -> None:
-    assert lag({0: 10, 1: 5, 2: 7}, {0: 4, 1: 5}) == {0: 6, 1: 0, 2: 7}
+    assert partition_lag({0: 10, 1: 5, 2: 7}, {}, {0: 4, 1: 5}) == {0: 6, 1: 0, 2: 7}
     report = StreamReport(
         name="q",
         checkpoint="/c",

@@ -22,12 +22,13 @@ from assets.speed import RAW_ASSET
 from lambda_arch.batch import layer as batch
 from lambda_arch.batch.lake import Lake
 from lambda_arch.common.config import load_settings
+from lambda_arch.common.tags import SPARK_BATCH, SPARK_RUN_TAG
 from lambda_arch.serving.ranking import markdown_table
 from resources import LambdaArchSettings, SparkResource
 
 GROUP = "batch"
 # Runs of batch assets: dagster.yaml limits them apart from speed runs (one tag value each).
-BATCH_TAGS = {"lambda_arch/spark": "batch"}
+BATCH_TAGS = {SPARK_RUN_TAG: SPARK_BATCH}
 KINDS = {"spark", "hive", "parquet"}
 # Partitions from LAMBDA_ARCH_START_DATE, read when the code location loads; a day becomes a
 # partition once it has ended (wall clock), so the time-partition freshness checks expect

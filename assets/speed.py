@@ -24,6 +24,7 @@ from dagster import (
 )
 
 from lambda_arch.common.config import Settings
+from lambda_arch.common.tags import SPARK_RUN_TAG, SPARK_SPEED, SPARK_STREAM
 from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError, offset_bounds
 from lambda_arch.serving import store as serving
 from lambda_arch.serving.ranking import Window, markdown_table, top_titles
@@ -40,10 +41,10 @@ TOPIC_ASSET = AssetKey("play_events_topic")
 RAW_ASSET = AssetKey("play_events_raw")
 QUARANTINE_ASSET = AssetKey("play_events_quarantine")
 # Runs of Spark assets carry this tag: dagster.yaml limits how many run at once.
-SPARK_TAGS = {"lambda_arch/spark": "speed"}
+SPARK_TAGS = {SPARK_RUN_TAG: SPARK_SPEED}
 # Continuous views get a slot of their own: a stream runs for minutes and must not hold the
 # availableNow speed runs back.
-STREAM_TAGS = {"lambda_arch/spark": "stream"}
+STREAM_TAGS = {SPARK_RUN_TAG: SPARK_STREAM}
 # Order of the steps of a speed run (Dagster runs ready steps by this priority, highest first):
 # trending and its serving refresh first, landing and the checks last, so what users query
 # is fresh before the run has finished (benchmarks/freshness.py).

@@ -31,6 +31,7 @@ import psutil
 import yaml
 
 from lambda_arch.common.config import Settings
+from lambda_arch.common.tags import SPARK_RUN_TAG
 from lambda_arch.runtime.broker import (
     EmbeddedBroker,
     ServiceError,
@@ -49,8 +50,6 @@ from lambda_arch.runtime.processes import (
 from lambda_arch.runtime.spark_connect import LOG_NAME as CONNECT_LOG_NAME
 from lambda_arch.runtime.spark_connect import ConnectServer
 
-# Runs tagged with this key share max_spark_runs slots: each starts a Spark driver (JVM).
-SPARK_RUN_TAG = "lambda_arch/spark"
 WEBSERVER_TIMEOUT_S = 60.0
 POLL_S = 0.5
 

@@ -46,7 +46,6 @@ SESSION_SCHEMA = (
     "member_id bigint, title_id bigint, session_start timestamp, session_end timestamp, "
     "events bigint, watched_ms bigint"
 )
-QUARANTINE_COLUMNS: tuple[str, ...] = ("payload", "reason", *KAFKA_COLUMNS)
 
 
 def valid_events(parsed: DataFrame) -> DataFrame:

@@ -1,4 +1,5 @@
-"""The direct Kafka source (`lambda_kafka`) and its offset helpers, on a real Tansu broker and Spark."""
+"""The direct Kafka source (`lambda_kafka`) on a real Tansu broker and Spark (offsets: see
+test_kafka_offsets)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,8 @@ from kafka import KafkaProducer
 from pyspark.sql.datasource import InputPartition
 
 from lambda_arch.ingest.kafka_offsets import (
-    Gap,
     KafkaDataLossError,
-    earliest_offsets,
     end_offsets,
-    find_data_loss,
-    offsets_for_time,
-    partitions_of,
 )
 from lambda_arch.ingest.kafka_source import (
     SourceOptions,
@@ -149,33 +145,7 @@ def expected_rows(records: dict[int, list[Sent]], ranges: dict[int, tuple[int, i
     return expected
 
 
-# Offsets (kafka-python only) --------------------------------------------------------------------
-
-
-def test_end_offsets_equal_produced_counts(broker: EmbeddedBroker, produced: Produced) -> None:
-    bootstrap = broker.bootstrap_servers
-    assert partitions_of(bootstrap, produced.topic) == [0, 1, 2, 3]
-    assert end_offsets(bootstrap, produced.topic) == produced.counts
-    assert earliest_offsets(bootstrap, produced.topic) == dict.fromkeys(range(4), 0)
-    assert partitions_of(bootstrap, "no-such-topic-" + uuid.uuid4().hex[:6]) == []
-
-
-def test_end_offsets_of_empty_partitions(broker: EmbeddedBroker, topic: str) -> None:
-    ensure_topic(broker.bootstrap_servers, topic, 3)
-    assert end_offsets(broker.bootstrap_servers, topic) == {0: 0, 1: 0, 2: 0}
-
-
-def test_offsets_for_time_binary_search(broker: EmbeddedBroker, produced: Produced) -> None:
-    bootstrap, parts = broker.bootstrap_servers, produced.partitions
-
-    def first_at(ts: int) -> dict[int, int]:
-        return {
-            p: next((i for i, r in enumerate(rs) if r.timestamp_ms >= ts), len(rs))
-            for p, rs in parts.items()
-        }
-
-    for ts in (BASE_MS - 1, BASE_MS + 10 * 777 + 3, BASE_MS + 10 * 1500, BASE_MS + 10 * 5000):
-        assert offsets_for_time(bootstrap, produced.topic, ts) == first_at(ts), ts
+# Decoding (kafka-python only; offsets are tested in test_kafka_offsets) -----------------------
 
 
 def test_read_partition_decodes_like_kafka_python(
@@ -215,25 +185,6 @@ def _split(topic: str, partition: int, start: int, end: int):
 
 
 # Pure planning logic -----------------------------------------------------------------------------
-
-
-def test_find_data_loss_names_topic_partition_and_offsets() -> None:
-    gaps = find_data_loss(
-        {0: 5, 1: 40, 2: 900, 3: 7},
-        {0: 0, 1: 100, 2: 0},
-        {0: 10, 1: 150, 2: 20},
-        topic="plays",
-    )
-    assert [(g.partition, g.kind) for g in gaps] == [(1, "retention"), (2, "reset"), (3, "missing")]
-    retention, reset, missing = gaps
-    assert retention.lost_records == 60 and retention.resume_offset == 100
-    for text in ("topic 'plays' partition 1", "offset 40", "earliest offset on the broker is 100"):
-        assert text in retention.describe()
-    for text in ("partition 2", "offset 900", "end offset is 20"):
-        assert text in reset.describe()
-    assert "no longer exists" in missing.describe()
-    assert reset.as_dict()["kind"] == "reset"
-    assert find_data_loss({0: 10}, {0: 0}, {0: 10}, topic="plays") == []
 
 
 def test_admit_caps_batches_in_proportion_to_backlog() -> None:
@@ -459,8 +410,3 @@ def test_streaming_starting_offsets_latest_reads_only_new_records(
         kafka_spark, bootstrap, topic, checkpoint, out, startingOffsets="latest"
     )
     assert sum(batch_sizes(query)) == 30
-
-
-def test_gap_is_a_value() -> None:
-    gap = Gap("t", 0, 5, 10, 20)
-    assert {gap} == {Gap("t", 0, 5, 10, 20)}  # hashable: logged once per gap

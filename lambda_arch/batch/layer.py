@@ -42,11 +42,9 @@ from lambda_arch.common.files import write_bytes
 from lambda_arch.common.storage import pyarrow_filesystem
 from lambda_arch.common.times import parse_optional_time
 from lambda_arch.ingest.spark_schema import SPARK_EVENT_COLUMNS
+from lambda_arch.views import spec as views
 from lambda_arch.views.transforms import (
-    DISCOVERY_COLUMNS,
-    SESSION_COLUMNS,
     SESSION_GAP,
-    TRENDING_COLUMNS,
     deduplicate,
     discovery_counts,
     stitch_sessions,
@@ -59,9 +57,9 @@ if TYPE_CHECKING:
     from lambda_arch.common.config import Settings
 
 CLEAN_TABLE = "play_events_clean"
-TRENDING_TABLE = "trending_batch"
-DISCOVERY_TABLE = "discovery_batch"
-SESSIONS_TABLE = "sessions_batch"
+TRENDING_TABLE = views.TRENDING.batch_table
+DISCOVERY_TABLE = views.DISCOVERY.batch_table
+SESSIONS_TABLE = views.SESSIONS.batch_table
 BATCH_VIEWS = (CLEAN_TABLE, TRENDING_TABLE, DISCOVERY_TABLE, SESSIONS_TABLE)
 
 _TYPES = dict(EVENTS_SCHEMA)
@@ -78,9 +76,7 @@ _VIEW_TYPES: dict[str, str] = {
 }
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     CLEAN_TABLE: CLEAN_COLUMNS,
-    TRENDING_TABLE: TRENDING_COLUMNS,
-    DISCOVERY_TABLE: DISCOVERY_COLUMNS,
-    SESSIONS_TABLE: SESSION_COLUMNS,
+    **{view.batch_table: view.columns for view in views.VIEWS.values()},
 }
 # Sort keys: the order rows are written in, so a rerun writes the same content.
 SORT_KEYS: dict[str, tuple[str, ...]] = {

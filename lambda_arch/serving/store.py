@@ -55,6 +55,13 @@ from lambda_arch.ingest.schema import COUNTRIES
 from lambda_arch.serving.ranking import Window, ranked_titles, shares
 from lambda_arch.speed import layer as speed
 
+# The view specs live in lambda_arch.views.spec: re-exported for importers of the store.
+from lambda_arch.views.spec import DISCOVERY as DISCOVERY
+from lambda_arch.views.spec import SESSIONS as SESSIONS
+from lambda_arch.views.spec import TRENDING as TRENDING
+from lambda_arch.views.spec import VIEWS as VIEWS
+from lambda_arch.views.spec import ViewSpec as ViewSpec
+
 STORE_FILE = "serving.sqlite3"
 DEFAULT_WINDOW_MIN = 60
 DEFAULT_LIMIT = 10
@@ -77,37 +84,6 @@ _HOUR_OF_MINUTE = f"minute - ((minute % {HOUR_S}) + {HOUR_S}) % {HOUR_S}"
 class ServingError(ValueError):
     """A query parameter the serving layer cannot answer for (bad country, window, time)."""
 
-
-@dataclass(frozen=True)
-class ViewSpec:
-    """How one serving view maps onto the two layers."""
-
-    name: str
-    speed_query: str
-    batch_table: str
-    key: str | None  # the ranked column of a count view; None for sessions
-    time_column: str  # the column the merge splits at the batch watermark
-
-    @property
-    def batch_store(self) -> str:
-        return f"{self.name}_batch"
-
-    @property
-    def speed_store(self) -> str:
-        return f"{self.name}_speed"
-
-    @property
-    def rolled_up(self) -> tuple[str, ...]:
-        """The minute tables that have an hourly roll-up (`<table>_hourly`): a count view's."""
-        return () if self.key is None else (self.batch_store, self.speed_store)
-
-
-TRENDING = ViewSpec("trending", speed.TRENDING, batch.TRENDING_TABLE, "title_id", "minute")
-DISCOVERY = ViewSpec(
-    "discovery", speed.DISCOVERY, batch.DISCOVERY_TABLE, "discovery_source", "minute"
-)
-SESSIONS = ViewSpec("sessions", speed.SESSIONS, batch.SESSIONS_TABLE, None, "session_end")
-VIEWS: dict[str, ViewSpec] = {spec.name: spec for spec in (TRENDING, DISCOVERY, SESSIONS)}
 
 _SESSION_COLUMNS = (
     "member_id INTEGER NOT NULL, title_id INTEGER NOT NULL, session_start INTEGER NOT NULL, "

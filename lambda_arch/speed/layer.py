@@ -53,6 +53,7 @@ from lambda_arch.speed.streaming import (
     run_available_now,
     run_stream,
 )
+from lambda_arch.views import spec as views
 from lambda_arch.views.transforms import (
     DISCOVERY_SCHEMA,
     SESSION_COLUMNS,
@@ -71,9 +72,10 @@ if TYPE_CHECKING:
 
     from lambda_arch.batch.lake import Lake
 
-TRENDING = "trending_speed"
-DISCOVERY = "discovery_speed"
-SESSIONS = "sessions_speed"
+# Query names of the views (each also names its table and state file), from their specs.
+TRENDING = views.TRENDING.speed_query
+DISCOVERY = views.DISCOVERY.speed_query
+SESSIONS = views.SESSIONS.speed_query
 LANDING = "landing"
 # Every checkpointed query of the speed layer, landing first (as a speed run runs them).
 QUERIES = (LANDING, TRENDING, DISCOVERY, SESSIONS)

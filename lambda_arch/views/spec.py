@@ -1,0 +1,53 @@
+"""One spec per view: its serving name, the speed query and table, the batch table, its columns.
+
+The speed layer, the batch layer and the serving store all name a view's tables from here, so
+a view is renamed (or added) in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lambda_arch.views.transforms import DISCOVERY_COLUMNS, SESSION_COLUMNS, TRENDING_COLUMNS
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How one view maps onto the two layers and the serving store."""
+
+    name: str  # the serving view (and API) name
+    speed_query: str  # the speed layer's query: its table, checkpoint and state file
+    batch_table: str  # the batch layer's Hive table
+    columns: tuple[str, ...]  # the view's columns in the lake (without the batch's dt)
+    key: str | None  # the ranked column of a count view; None for sessions
+    time_column: str  # the column the merge splits at the batch watermark
+
+    @property
+    def batch_store(self) -> str:
+        return f"{self.name}_batch"
+
+    @property
+    def speed_store(self) -> str:
+        return f"{self.name}_speed"
+
+    @property
+    def rolled_up(self) -> tuple[str, ...]:
+        """The minute tables that have an hourly roll-up (`<table>_hourly`): a count view's."""
+        return () if self.key is None else (self.batch_store, self.speed_store)
+
+
+TRENDING = ViewSpec(
+    "trending", "trending_speed", "trending_batch", TRENDING_COLUMNS, "title_id", "minute"
+)
+DISCOVERY = ViewSpec(
+    "discovery",
+    "discovery_speed",
+    "discovery_batch",
+    DISCOVERY_COLUMNS,
+    "discovery_source",
+    "minute",
+)
+SESSIONS = ViewSpec(
+    "sessions", "sessions_speed", "sessions_batch", SESSION_COLUMNS, None, "session_end"
+)
+VIEWS: dict[str, ViewSpec] = {spec.name: spec for spec in (TRENDING, DISCOVERY, SESSIONS)}

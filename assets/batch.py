@@ -21,7 +21,7 @@ from dagster import (
 from assets.speed import RAW_ASSET
 from lambda_arch.batch import layer as batch
 from lambda_arch.batch.lake import Lake
-from lambda_arch.common.config import load_settings
+from lambda_arch.common.config import definition_settings
 from lambda_arch.common.tags import SPARK_BATCH, SPARK_RUN_TAG
 from lambda_arch.serving.ranking import markdown_table
 from resources import LambdaArchSettings, SparkResource
@@ -30,10 +30,13 @@ GROUP = "batch"
 # Runs of batch assets: dagster.yaml limits them apart from speed runs (one tag value each).
 BATCH_TAGS = {SPARK_RUN_TAG: SPARK_BATCH}
 KINDS = {"spark", "hive", "parquet"}
-# Partitions from LAMBDA_ARCH_START_DATE, read when the code location loads; a day becomes a
-# partition once it has ended (wall clock), so the time-partition freshness checks expect
-# yesterday, never the day still running. The day-complete sensor decides when to run it.
-DAILY = DailyPartitionsDefinition(start_date=load_settings().start_date.isoformat(), timezone="UTC")
+# Partitions from LAMBDA_ARCH_START_DATE, fixed when the code location loads (an invalid value
+# falls back to the default there and fails every run by name: definition_settings); a day
+# becomes a partition once it has ended (wall clock), so the time-partition freshness checks
+# expect yesterday, never the day still running. The day-complete sensor decides when to run it.
+DAILY = DailyPartitionsDefinition(
+    start_date=definition_settings().start_date.isoformat(), timezone="UTC"
+)
 SINGLE_RUN = BackfillPolicy.single_run()
 
 

@@ -46,7 +46,7 @@ from assets.speed import (
 )
 from lambda_arch.batch import layer as batch
 from lambda_arch.batch.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake, read_play_events
-from lambda_arch.common.config import Settings, load_settings
+from lambda_arch.common.config import Settings, definition_settings
 from lambda_arch.common.times import parse_time
 from lambda_arch.quality import rules as quality
 from lambda_arch.speed import layer as speed
@@ -481,9 +481,9 @@ def batch_freshness_checks(
     )
 
 
-# Read when the code location loads, as the daily partitions are (assets/batch.py).
+# Fixed when the code location loads, as the daily partitions are (assets/batch.py).
 FRESHNESS_CHECKS: list[AssetChecksDefinition] = [
-    *speed_freshness_checks(timedelta(minutes=load_settings().speed_freshness_min)),
+    *speed_freshness_checks(timedelta(minutes=definition_settings().speed_freshness_min)),
     *batch_freshness_checks(),
 ]
 FRESHNESS_SENSORS: list[SensorDefinition] = [

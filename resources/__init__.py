@@ -1,4 +1,16 @@
-"""Dagster resources, configured from the environment (CONTRACT section 8)."""
+"""Dagster resources, configured from the environment (CONTRACT section 8).
+
+Every value comes from the typed `Settings` (lambda_arch.common.config), read when a run or a
+sensor evaluation uses the resource, never when the code location loads. Fields a deployment may
+want to pin per code location (Kafka's bootstrap servers and topic, the Spark app name) are
+resource fields whose `None` means "from Settings"; set them in the Definitions, as constants or
+as `EnvVar(...)`, the way dagster-open-platform configures its resources.
+
+Why not `EnvVar("KAFKA_BOOTSTRAP_SERVERS")` here, as dagster-open-platform does for its
+credentials: every lambda-arch variable has a default (unset bootstrap servers mean the embedded
+broker), and an EnvVar of an unset variable fails the run, so it would break the defaults; it
+would also skip Settings' validation and its error naming the variable and what it expects.
+"""
 
 from __future__ import annotations
 

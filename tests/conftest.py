@@ -48,13 +48,20 @@ def env_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def spark(session_home: Path):
-    """One local SparkSession for the whole suite (starting a JVM costs 7-8 s)."""
+    """One local SparkSession for the whole suite (starting a JVM costs 7-8 s).
+
+    Four shuffle partitions for the session and, as the variable, for the rest of the test
+    session (processes the tests start inherit it unless they set their own); monkeypatch
+    restores the environment at the end.
+    """
     import os
 
-    os.environ.setdefault("LAMBDA_ARCH_SHUFFLE_PARTITIONS", "4")
     from lambda_arch.runtime.spark import build_session
 
-    settings = Settings(LAMBDA_ARCH_HOME=str(session_home), LAMBDA_ARCH_SPARK_MASTER="local[2]")
-    session = build_session(settings, app_name="lambda-arch-tests")
-    yield session
-    session.stop()
+    with pytest.MonkeyPatch.context() as patch:
+        if "LAMBDA_ARCH_SHUFFLE_PARTITIONS" not in os.environ:
+            patch.setenv("LAMBDA_ARCH_SHUFFLE_PARTITIONS", "4")
+        settings = Settings(LAMBDA_ARCH_HOME=str(session_home), LAMBDA_ARCH_SPARK_MASTER="local[2]")
+        session = build_session(settings, app_name="lambda-arch-tests")
+        yield session
+        session.stop()

@@ -176,20 +176,19 @@ def headless_run(current: Settings) -> None:
     Next to `lambda-arch up` it shares the Connect server (one metastore owner) and waits on the
     speed queries' checkpoint locks, so it never races the runs its sensors launch.
     """
-    import os
-
     from dagster import DagsterInstance
 
     from lambda_arch.batch import layer as batch
     from lambda_arch.runtime.stack import write_dagster_yaml
 
-    os.environ["DAGSTER_HOME"] = str(current.dagster_home)
     if not (current.dagster_home / "dagster.yaml").exists():
         write_dagster_yaml(current)
     defs = _definitions()
 
     started = datetime.now(UTC)
-    with DagsterInstance.get() as instance:
+    # The home's instance by its folder, not through DAGSTER_HOME: the process environment
+    # stays as the user set it (every run here executes in this process).
+    with DagsterInstance.from_config(str(current.dagster_home)) as instance:
         click.echo("speed layer: catching up with the topic ...")
         speed = defs.resolve_job_def("speed_job").execute_in_process(
             instance=instance, tags={"lambda_arch/reason": "cli-run"}, raise_on_error=False
@@ -387,12 +386,9 @@ def status(as_json: bool) -> None:
 
 def _dagster_status(current: Settings) -> dict[str, Any]:
     """Latest materialization and check results per asset, from the home's Dagster instance."""
-    import os
-
     dagster_yaml = current.dagster_home / "dagster.yaml"
     if not dagster_yaml.exists():
         return {"error": f"no Dagster instance in {current.dagster_home} yet"}
-    os.environ["DAGSTER_HOME"] = str(current.dagster_home)
     from dagster import DagsterInstance
 
     defs = _definitions()
@@ -400,7 +396,7 @@ def _dagster_status(current: Settings) -> dict[str, Any]:
     assets: dict[str, Any] = {}
     checks: dict[str, Any] = {}
     graph = defs.resolve_asset_graph()
-    with DagsterInstance.get() as instance:
+    with DagsterInstance.from_config(str(current.dagster_home)) as instance:
         for key in sorted(graph.materializable_asset_keys, key=lambda k: k.to_user_string()):
             event = instance.get_latest_materialization_event(key)
             assets[key.to_user_string()] = (

@@ -6,9 +6,10 @@ setting variables (a Kafka cluster, a Spark master or Connect URL, an S3 warehou
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import date
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,6 +48,7 @@ EXPECTED: dict[str, str] = {
     "LAMBDA_ARCH_QUALITY_MAX_ROWS": "a whole number >= 1",
     "LAMBDA_ARCH_SPEED_STREAM_S": "a whole number of seconds >= 0 (0: no continuous views)",
     "LAMBDA_ARCH_SPEED_TRIGGER_S": "a number of seconds from 0.1 to 600, e.g. 2",
+    "LAMBDA_ARCH_SHUFFLE_PARTITIONS": "a whole number from 1 to 10000",
 }
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -116,6 +118,11 @@ class Settings(BaseSettings):
     speed_stream_s: int = Field(0, ge=0, validation_alias="LAMBDA_ARCH_SPEED_STREAM_S")
     speed_trigger_s: float = Field(
         2.0, ge=0.1, le=600, validation_alias="LAMBDA_ARCH_SPEED_TRIGGER_S"
+    )
+    # spark.sql.shuffle.partitions of classic sessions and the embedded Connect server: Spark's
+    # 200 makes hundreds of tiny tasks per micro-batch on a laptop; raise it on a cluster.
+    shuffle_partitions: int = Field(
+        8, ge=1, le=10_000, validation_alias="LAMBDA_ARCH_SHUFFLE_PARTITIONS"
     )
 
     @field_validator("kafka_bootstrap_servers")
@@ -240,3 +247,49 @@ def _describe(error: ValidationError) -> str:
 def load_settings() -> Settings:
     """The settings of this process (read once per call; cheap)."""
     return Settings.from_env()
+
+
+def settings_or_defaults() -> tuple[Settings, ConfigError | None]:
+    """The settings with every invalid variable replaced by its default, and the first error.
+
+    For building the Dagster definitions (lambda_arch.definitions), which must load whatever the
+    environment holds: a bad variable then shows where someone looks, as the clear ConfigError
+    of every run and sensor evaluation (they read `load_settings()`), instead of as a code
+    location that fails to load. Only the values the definitions need up front use it.
+    """
+    try:
+        return Settings.from_env(), None
+    except ConfigError as error:
+        first = error
+    # Values given to the constructor take precedence over the environment (pydantic-settings):
+    # pin each offending variable to its field's default until the rest validates.
+    by_alias = {str(f.validation_alias): name for name, f in Settings.model_fields.items()}
+    defaults: dict[str, Any] = {}
+    while True:
+        try:
+            return Settings(**defaults), first
+        except ValidationError as error:
+            bad = {str(e["loc"][0]) for e in error.errors() if e.get("loc")} - defaults.keys()
+            if not bad or not bad <= by_alias.keys():
+                raise first from None  # not a single variable's fault: nothing to fall back on
+            for alias in bad:
+                defaults[alias] = Settings.model_fields[by_alias[alias]].default
+
+
+@cache
+def definition_settings() -> Settings:
+    """The settings the Dagster definitions are built from, read once per process, never raising.
+
+    Dagster fixes a few values when the code location loads (the first daily partition, the speed
+    freshness window); everything else is read by each run and sensor evaluation. An invalid
+    variable here is logged and replaced by its default, so the location still loads and the
+    runs and sensors report the variable by name (settings_or_defaults).
+    """
+    settings, error = settings_or_defaults()
+    if error is not None:
+        logging.getLogger(__name__).warning(
+            "%s; the Dagster definitions load with its default and every run and sensor "
+            "evaluation fails with this error until it is fixed",
+            error,
+        )
+    return settings

@@ -55,7 +55,7 @@ def catalog_conf(settings: Settings) -> dict[str, str]:
     metastore = metastore_dir(settings)
     return {
         "spark.sql.session.timeZone": "UTC",
-        "spark.sql.shuffle.partitions": os.environ.get("LAMBDA_ARCH_SHUFFLE_PARTITIONS", "8"),
+        "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
         "spark.sql.warehouse.dir": hadoop_uri(settings.warehouse),
         "spark.sql.catalogImplementation": "hive",
         "spark.sql.streaming.stateStore.providerClass": (

@@ -59,11 +59,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectServer]:
         LAMBDA_ARCH_HOME=str(root / "home"),
         LAMBDA_ARCH_SPARK_MASTER="local[2]",
         LAMBDA_ARCH_SPARK_CONNECT_PORT=free_port(),
+        LAMBDA_ARCH_SHUFFLE_PARTITIONS=2,
     )
     connect = ConnectServer(settings)
     with pytest.MonkeyPatch.context() as patch:  # the server's environment only
         patch.setenv("PYSPARK_PYTHON", str(python_without_lambda_arch(root)))
-        patch.setenv("LAMBDA_ARCH_SHUFFLE_PARTITIONS", "2")
         connect.launch()
     try:
         connect.wait_ready()

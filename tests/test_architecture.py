@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("lambda_arch", "assets", "sensors", "resources")
+PACKAGES = ("lambda_arch", "assets", "sensors", "resources", "defs")
 # The two places of the core that may import Dagster (CONTRACT section 1).
 DAGSTER_ALLOWED = ("lambda_arch.definitions", "lambda_arch.cli")
 

@@ -10,7 +10,7 @@ UV_VERSION := 0.13.8
 # outside site-packages, where lambda_arch.runtime.spark.s3a_jars() finds it (see pyproject.toml).
 S3A_JARS := sagemaker-pyspark==1.4.5
 
-.PHONY: demo test install lint format check-python check-java chromium clean
+.PHONY: demo test test-fast install lint format check-python check-java chromium clean
 
 check-python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -59,6 +59,11 @@ lint: install
 
 test: install check-java chromium lint
 	$(BIN)/python -m pytest
+
+# The edit loop: every test that needs neither a JVM nor a broker (marks set in tests/conftest.py),
+# about a minute. `make test` stays the whole suite.
+test-fast: install
+	$(BIN)/python -m pytest -m "not jvm and not broker"
 
 format: install
 	$(BIN)/ruff format .

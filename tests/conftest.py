@@ -11,6 +11,39 @@ import pytest
 from lambda_arch.common.config import Settings
 from lambda_arch.runtime.broker import EmbeddedBroker, free_port
 
+# The fast tier (`make test-fast`: -m "not jvm and not broker") is everything that needs neither a
+# JVM nor a broker. Tests get the marks from the fixtures they use (directly or through other
+# fixtures) and from the files below, which start Spark, a broker, a Connect server or a whole
+# stack themselves (in child processes the fixtures cannot see).
+FIXTURE_MARKS = {"spark": "jvm", "broker": "broker"}
+FILE_MARKS: dict[str, tuple[str, ...]] = {
+    "assets/test_batch_cli.py": ("jvm", "broker"),  # the Dagster CLI runs batch_job
+    "lambda_arch/cli/test_run.py": ("jvm", "broker"),  # `lambda-arch run`
+    "lambda_arch/common/test_storage.py": ("jvm",),  # a Spark child against an S3 server
+    "lambda_arch/runtime/test_spark_connect.py": ("jvm",),  # its own Connect server
+    "lambda_arch/runtime/test_stack.py": ("jvm", "broker"),  # `lambda-arch up`
+    "lambda_arch/speed/test_layer_faults.py": ("jvm", "broker"),  # Spark children killed mid-run
+    "ui/test_dagster_ui.py": ("jvm", "broker"),  # the whole stack and a browser
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs a JVM (`jvm`) or a broker (`broker`); see FIXTURE_MARKS."""
+    tests_dir = Path(__file__).parent
+    for item in items:
+        marks = {
+            FIXTURE_MARKS[name]
+            for name in getattr(item, "fixturenames", ())
+            if name in FIXTURE_MARKS
+        }
+        try:
+            relative = item.path.relative_to(tests_dir).as_posix()
+        except ValueError:
+            relative = ""
+        marks.update(FILE_MARKS.get(relative, ()))
+        for mark in sorted(marks):
+            item.add_marker(getattr(pytest.mark, mark))
+
 
 @pytest.fixture(scope="session")
 def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -33,7 +33,7 @@ from lambda_arch.common.storage import (
 from lambda_arch.ingest.producer import ensure_topic, make_producer
 from lambda_arch.runtime.broker import free_port, port_in_use
 from lambda_arch.runtime.processes import spawn, stop_process
-from lambda_arch.runtime.spark import s3a_conf, s3a_jars
+from lambda_arch.runtime.spark import s3a_conf
 from lambda_arch.runtime.spark_connect import server_conf
 
 REPO = Path(__file__).resolve().parents[3]
@@ -286,30 +286,8 @@ def test_pyarrow_reaches_the_endpoint_of_the_aws_variables(aws_env: str, bucket:
     assert filesystem.get_file_info(f"{base}/x/file.bin").size == 5
 
 
-def test_s3a_conf_only_for_an_s3_warehouse() -> None:
-    assert s3a_conf(Settings(LAMBDA_ARCH_WAREHOUSE="/tmp/lake"), {}) == {}
-    conf = s3a_conf(
-        Settings(LAMBDA_ARCH_WAREHOUSE="s3://b/lake", LAMBDA_ARCH_SPARK_MASTER="local[2]"),
-        {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ENDPOINT_URL_S3": "https://s3.example:9"},
-    )
-    jars = [str(jar) for jar in s3a_jars()]
-    assert [Path(jar).name for jar in jars] == [
-        "hadoop-aws-3.3.1.jar",
-        "aws-java-sdk-bundle-1.11.901.jar",
-    ]
-    assert conf["spark.hadoop.fs.s3a.endpoint"] == "https://s3.example:9"
-    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
-    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "true"
-    # Hadoop 3.5 writes these as "60s"; hadoop-aws 3.3.1 needs plain numbers.
-    assert conf["spark.hadoop.fs.s3a.threads.keepalivetime"] == "60"
-    aws = s3a_conf(Settings(LAMBDA_ARCH_WAREHOUSE="s3a://b/lake"), {"AWS_REGION": "eu-west-1"})
-    assert aws["spark.hadoop.fs.s3a.endpoint"] == "s3.eu-west-1.amazonaws.com"
-    assert "spark.hadoop.fs.s3a.path.style.access" not in aws
+def test_split_s3_uri_of_an_s3a_location() -> None:
     assert split_s3_uri("s3a://b/lake/") == ("b", "lake")
-    # Local mode: the driver's class path (tasks share its JVM); a cluster: spark.jars.
-    assert set(conf["spark.driver.extraClassPath"].split(os.pathsep)) == set(jars)
-    cluster = Settings(LAMBDA_ARCH_WAREHOUSE="s3://b/l", LAMBDA_ARCH_SPARK_MASTER="spark://h:7077")
-    assert s3a_conf(cluster, {})["spark.jars"].split(",") == jars
 
 
 def test_the_connect_server_gets_the_s3a_settings(tmp_path: Path) -> None:

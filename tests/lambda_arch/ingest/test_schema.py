@@ -1,16 +1,14 @@
-"""The play-event schema and its Spark twin, on one table of payloads.
+"""The play-event schema on one table of payloads (CASES).
 
-Every case is checked three ways: the pure module gives the expected result, and `parse_events`
-gives the pure module's verdict, reason and normalized values row by row (with a BINARY and a
-STRING value column, and under a non-UTC session time zone).
+The pure module gives each case's expected result, for bytes and str payloads. The same table
+checks the Spark twin (`parse_events`) in test_spark_schema.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -376,121 +374,5 @@ def test_pure_module_str_payload_matches_bytes(case: Case) -> None:
     assert parse_payload(text) == parse_payload(case.payload)
 
 
-# --- the Spark twin ---------------------------------------------------------------------------
-
-VARIANTS = {
-    "binary-UTC": ("binary", "UTC"),
-    "string-UTC": ("string", "UTC"),
-    "binary-New_York": ("binary", "America/New_York"),
-}
-
-
-def _as_row(result: PlayEvent | Rejection) -> dict[str, Any]:
-    """A pure-module result in the shape of a parse_events row (event_time as epoch micros)."""
-    if isinstance(result, Rejection):
-        return {"quarantine_reason": result.reason, "event": None}
-    values = result.to_dict()
-    delta = result.event_time - datetime(1970, 1, 1, tzinfo=UTC)
-    values["event_time"] = delta // timedelta(microseconds=1)
-    return {"quarantine_reason": None, "event": values}
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS), ids=list(VARIANTS))
-def spark_rows(request: pytest.FixtureRequest, spark: Any) -> Iterator[dict[str, dict[str, Any]]]:
-    """parse_events over every case at once, per variant: case id -> row in _as_row's shape."""
-    from pyspark.sql import functions as F
-
-    from lambda_arch.ingest.spark_schema import SPARK_EVENT_COLUMNS, parse_events
-
-    column_type, time_zone = VARIANTS[request.param]
-    previous = spark.conf.get("spark.sql.session.timeZone")
-    spark.conf.set("spark.sql.session.timeZone", time_zone)
-    try:
-        frame = spark.createDataFrame(
-            [(case.id, case.payload) for case in CASES], "case string, value binary"
-        )
-        if column_type == "string":
-            frame = frame.withColumn("value", F.col("value").cast("string"))
-        parsed = parse_events(frame)
-        assert parsed.columns == ["case", "value", *SPARK_EVENT_COLUMNS, "quarantine_reason"]
-        types = dict(parsed.dtypes)
-        assert [types[name] for name in SPARK_EVENT_COLUMNS] == [
-            "string",
-            "string",
-            "timestamp",
-            "bigint",
-            "bigint",
-            "string",
-            "string",
-            "string",
-            "bigint",
-        ]
-        columns = [
-            F.unix_micros("event_time").alias("event_time") if name == "event_time" else name
-            for name in SPARK_EVENT_COLUMNS
-        ]
-        rows = parsed.select("case", "quarantine_reason", *columns).collect()
-    finally:
-        spark.conf.set("spark.sql.session.timeZone", previous)
-    result = {}
-    for row in rows:
-        values = {name: row[name] for name in SPARK_EVENT_COLUMNS}
-        if row["quarantine_reason"] is not None:
-            assert set(values.values()) == {None}, "a quarantined row has no event values"
-            result[row["case"]] = {"quarantine_reason": row["quarantine_reason"], "event": None}
-        else:
-            result[row["case"]] = {"quarantine_reason": None, "event": values}
-    assert len(result) == len(CASES)
-    yield result
-
-
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_spark_twin_matches_pure_module(case: Case, spark_rows: dict[str, dict[str, Any]]) -> None:
-    assert spark_rows[case.id] == _as_row(parse_payload(case.payload))
-
-
 def test_event_time_millis_round_trip() -> None:
     assert epoch_millis(BASE_TIME) == 1_772_368_496_789
-
-
-def test_canonical_shape_takes_the_fast_path() -> None:
-    """The producers' compact JSON is canonical (parsed with from_json); anything that could
-    parse differently is not, and takes the general path (both checked above against schema.py).
-    Python's re reads the pattern (possessive quantifiers included) as Java's regex does."""
-    import itertools
-    import re
-
-    from lambda_arch.ingest.generator import TrafficConfig, generate
-    from lambda_arch.ingest.spark_schema import CANONICAL_PATTERN
-
-    canonical = re.compile(CANONICAL_PATTERN)
-    generated = [
-        r.value.decode()
-        for r in itertools.islice(generate(TrafficConfig(seed=1, start=BASE_TIME)), 2000)
-        if r.kind == "event" and b"app_version" not in r.value
-    ]
-    assert generated and all(canonical.search(text) for text in generated)
-    for payload in (doc(), doc(event_time=1_772_368_496_789), doc(device="tv", position_ms=0)):
-        assert canonical.search(payload.decode())
-    base = doc().decode()
-    assert '"member_id":7,' in base
-
-    def changed(old: str, new: str) -> str:
-        return base.replace(old, new, 1)
-
-    for payload in (
-        changed('"member_id":7', '"member_id":7,"member_id":8'),  # a repeated key
-        changed('"member_id":7', '"member_id":1234567890123456789'),  # 19 digits
-        changed('"member_id":7', '"member_id":-7'),
-        changed('"member_id":7', '"member_id":7.0'),
-        changed('"member_id":7', '"member_id":07'),
-        changed('"member_id":7', '"member_id":null'),
-        changed('"e-1"', '"e\\u0031"'),  # an escape
-        changed('"e-1"', '"e\t1"'),  # a raw control character
-        changed('"member_id":7', '"member_id": 7'),  # whitespace
-        changed('"member_id":7', '"x":1,"member_id":7'),  # an unknown field
-        changed('"member_id":7,"title_id":42', '"title_id":42,"member_id":7'),  # order
-        base + "\n",
-        " " + base,
-    ):
-        assert not canonical.search(payload), payload

@@ -20,10 +20,12 @@ from lambda_arch.runtime.processes import (
     descendants,
     isolated_env,
     pid_alive,
+    pid_file_owner,
     spawn,
     spawn_env,
     stop_pid,
     stop_process,
+    write_pid_file,
 )
 
 PY = sys.executable
@@ -196,3 +198,19 @@ def test_isolated_env_drops_our_settings_and_adds_its_own(monkeypatch: pytest.Mo
     inherited = spawn_env({"EXTRA": "1"})
     assert inherited["LAMBDA_ARCH_TOPIC"] == "ours" and inherited["EXTRA"] == "1"
     assert spawn_env() == dict(os.environ) and "EXTRA" not in os.environ
+
+
+def test_pid_files_name_a_live_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "service.pid"
+    assert pid_file_owner(path) is None  # no file
+    write_pid_file(path, os.getpid())
+    assert pid_file_owner(path) == os.getpid()
+    pid, started = path.read_text().split()
+    path.write_text(f"{pid} {float(started) - 60}\n")  # the PID reused by another process
+    assert pid_file_owner(path) is None
+    child = spawn(python("pass"))
+    write_pid_file(path, child.pid)
+    child.wait(timeout=30)
+    assert pid_file_owner(path) is None  # it exited
+    path.write_text("not a pid file\n")
+    assert pid_file_owner(path) is None

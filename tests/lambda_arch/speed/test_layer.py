@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,7 @@ import pytest
 from lambda_arch.batch.lake import Lake, read_play_events, read_quarantine
 from lambda_arch.common.config import Settings
 from lambda_arch.ingest.generator import TrafficConfig, generate
-from lambda_arch.ingest.kafka_offsets import KafkaDataLossError, end_offsets
-from lambda_arch.ingest.kafka_source import SOURCE_NAME, register_kafka_source, source_options
+from lambda_arch.ingest.kafka_offsets import end_offsets
 from lambda_arch.ingest.producer import ensure_topic, make_producer
 from lambda_arch.ingest.schema import PlayEvent, Rejection, parse_payload
 from lambda_arch.runtime.broker import EmbeddedBroker
@@ -44,12 +43,7 @@ from lambda_arch.speed.layer import (
     stream_view,
 )
 from lambda_arch.speed.streaming import (
-    CheckpointBusyError,
-    StreamDataLossError,
     StreamReport,
-    StreamTimeoutError,
-    checkpoint_lock,
-    run_available_now,
 )
 from tests.lambda_arch.views.test_transforms import (
     START,
@@ -415,121 +409,6 @@ def test_landing_keeps_every_record_once(
 
     with pytest.raises(SpeedStateError, match="landing checkpoint"):
         run_landing(spark, settings_for(tmp_path / "other-home", kafka, 50), lake)
-
-
-# The generic runner -----------------------------------------------------------------------------
-
-
-def ignore_batch(batch_df, batch_id: int) -> None:
-    """foreachBatch that only makes Spark read the batch."""
-    batch_df.count()
-
-
-def raw_writer(spark, kafka: KafkaTopic, **options):
-    register_kafka_source(spark)
-    return (
-        spark.readStream.format(SOURCE_NAME)
-        .options(**source_options(kafka.bootstrap, kafka.name, **options))
-        .load()
-        .writeStream.foreachBatch(ignore_batch)
-    )
-
-
-def test_runner_lock_makes_a_second_run_wait_or_give_up(
-    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
-) -> None:
-    kafka = new_topic(broker, topic, partitions=1)
-    kafka.send([(b"1", b"x")] * 5)
-    checkpoint, locks = str(tmp_path / "checkpoint"), tmp_path / "locks"
-
-    results: list[StreamReport | BaseException] = []
-
-    def run(lock_timeout_s: float) -> None:
-        try:
-            results.append(
-                run_available_now(
-                    "raw",
-                    raw_writer(spark, kafka),
-                    checkpoint,
-                    lock_dir=locks,
-                    lock_timeout_s=lock_timeout_s,
-                )
-            )
-        except BaseException as error:
-            results.append(error)
-
-    with checkpoint_lock(locks, checkpoint, timeout_s=0):
-        started = time.monotonic()
-        thread = threading.Thread(target=run, args=(0.5,))
-        thread.start()
-        thread.join(30)
-        assert isinstance(results[-1], CheckpointBusyError)
-        assert checkpoint in str(results[-1]) and time.monotonic() - started >= 0.5
-
-        waiting = threading.Thread(target=run, args=(60,))
-        waiting.start()
-        time.sleep(1.5)
-        assert waiting.is_alive() and not Path(checkpoint).exists()  # waiting, not running
-    waiting.join(120)
-    report = results[-1]
-    assert isinstance(report, StreamReport) and report.events_read == 5, report
-
-
-def test_runner_failures_are_one_line(
-    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
-) -> None:
-    kafka = new_topic(broker, topic, partitions=1)
-    # A resume offset beyond the end of the partition is data loss (a reset broker).
-    writer = raw_writer(spark, kafka, startingOffsets={0: 50})
-    with pytest.raises(StreamDataLossError) as failure:
-        run_available_now("lossy", writer, str(tmp_path / "c1"), lock_dir=tmp_path / "locks")
-    message = str(failure.value)
-    assert isinstance(failure.value, KafkaDataLossError)
-    assert "\n" not in message, message
-    for text in ("'lossy'", f"topic '{kafka.name}' partition 0", "offset 50", "failOnDataLoss"):
-        assert text in message, message
-
-    kafka.send([(b"1", b"x")] * 3)
-    with pytest.raises(StreamTimeoutError, match="did not finish within"):
-        run_available_now(
-            "slow",
-            raw_writer(spark, kafka),
-            str(tmp_path / "c2"),
-            lock_dir=tmp_path / "locks",
-            timeout_s=0.01,
-        )
-    assert not [q for q in spark.streams.active if q.name == "slow"]
-
-
-def test_lag_and_metadata_of_an_empty_report() -> None:
-    assert partition_lag({0: 10, 1: 5, 2: 7}, {}, {0: 4, 1: 5}) == {0: 6, 1: 0, 2: 7}
-    report = StreamReport(
-        name="q",
-        checkpoint="/c",
-        micro_batches=0,
-        events_read=0,
-        start_offsets={},
-        offsets={0: 3},
-        duration_s=0.5,
-        events_per_s=0.0,
-        max_event_time=None,
-        watermark=datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
-        late_events=0,
-        observed={"input.records": 2.0},
-    )
-    assert report.metadata() == {
-        "query": "q",
-        "micro_batches": 0,
-        "events_read": 0,
-        "late_events": 0,
-        "duration_s": 0.5,
-        "events_per_s": 0.0,
-        "offsets": '{"0": 3}',
-        "start_offsets": "{}",
-        "offset_total": 3,
-        "watermark": "2026-03-01T12:00:00.000Z",
-        "observed.input.records": 2,
-    }
 
 
 def test_stream_view_serves_as_it_goes_and_hands_over_to_available_now(

@@ -57,24 +57,55 @@ def unreachable_message(bootstrap_servers: str) -> str:
     )
 
 
-def require_reachable(bootstrap_servers: str, timeout_s: float = 3.0) -> None:
-    """Fail fast (not after kafka-python's 30 s bootstrap timeout) when no server accepts TCP."""
+def _accepts_tcp(bootstrap_servers: str, timeout_s: float) -> bool:
+    """True when any server of the comma-separated list accepts a TCP connection in time."""
     for server in bootstrap_servers.split(","):
         host, _, port = server.strip().rpartition(":")
         try:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-                return
+                return True
         except (OSError, ValueError):
             continue
-    raise ServiceError(unreachable_message(bootstrap_servers))
+    return False
+
+
+def require_reachable(bootstrap_servers: str, timeout_s: float = 3.0) -> None:
+    """Fail fast (not after kafka-python's 30 s bootstrap timeout) when no server accepts TCP."""
+    if not _accepts_tcp(bootstrap_servers, timeout_s):
+        raise ServiceError(unreachable_message(bootstrap_servers))
+
+
+class _ProbeAdmin(KafkaAdminClient):
+    """An admin client that stops its IO thread when the bootstrap in __init__ fails.
+
+    kafka-python 3.0.12 starts a daemon IO thread before bootstrapping and leaves it running
+    when the bootstrap times out; a readiness loop would leak one thread per attempt.
+    """
+
+    def __init__(self, **configs: object) -> None:
+        try:
+            super().__init__(**configs)
+        except KafkaError:
+            self._closed = False  # close() returns early unless __init__ got this far
+            self.close()
+            raise
 
 
 def kafka_ready(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
-    """True when a broker answers a metadata request over the Kafka protocol."""
+    """True when a broker answers a metadata request over the Kafka protocol within timeout_s.
+
+    kafka-python retries a bootstrap for 30 s by default: a TCP probe answers a closed port at
+    once, and the client's bootstrap and request timeouts are bounded by timeout_s.
+    """
+    started = time.monotonic()
+    if not _accepts_tcp(bootstrap_servers, timeout_s):
+        return False
+    remaining_ms = max(int((timeout_s - (time.monotonic() - started)) * 1000), 100)
     try:
-        admin = KafkaAdminClient(
+        admin = _ProbeAdmin(
             bootstrap_servers=bootstrap_servers,
-            request_timeout_ms=int(timeout_s * 1000),
+            bootstrap_timeout_ms=remaining_ms,
+            request_timeout_ms=remaining_ms,
             client_id="lambda-arch-readiness",
         )
     except KafkaError:
@@ -89,12 +120,12 @@ def kafka_ready(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
 
 
 def wait_for_kafka(bootstrap_servers: str, timeout_s: float = 30.0) -> None:
-    """Block until a broker answers at bootstrap_servers, or raise ServiceError."""
+    """Block until a broker answers at bootstrap_servers, or raise ServiceError after timeout_s."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if kafka_ready(bootstrap_servers):
+    while (remaining := deadline - time.monotonic()) > 0:
+        if kafka_ready(bootstrap_servers, timeout_s=min(2.0, remaining)):
             return
-        time.sleep(0.2)
+        time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
     raise ServiceError(f"no Kafka broker answered at {bootstrap_servers} within {timeout_s:.0f} s")
 
 
@@ -146,7 +177,9 @@ class EmbeddedBroker:
                     f"the embedded broker exited with code {self.process.returncode} on start"
                     + (f"; see {self.log_path}" if self.log_path else "")
                 )
-            if kafka_ready(self.bootstrap_servers, timeout_s=1.0):
+            # Bounded by the time left, so a broker that exits is noticed at the next poll.
+            remaining = deadline - time.monotonic()
+            if kafka_ready(self.bootstrap_servers, timeout_s=max(min(1.0, remaining), 0.1)):
                 return self
             time.sleep(0.1)
         self.stop()

@@ -109,7 +109,8 @@ def main() -> None:
         "PYSPARK_SUBMIT_ARGS", "--conf spark.ui.showConsoleProgress=false pyspark-shell"
     )
     from lambda_arch.common.config import Settings
-    from lambda_arch.ingest.kafka_source import _c_crc32c_available, register_kafka_source
+    from lambda_arch.ingest.kafka_options import _c_crc32c_available
+    from lambda_arch.ingest.kafka_source import register_kafka_source
     from lambda_arch.runtime.spark import build_session
 
     with tempfile.TemporaryDirectory() as home, EmbeddedBroker(free_port()) as broker:

@@ -38,7 +38,7 @@ from kafka import KafkaConsumer, TopicPartition
 from lambda_arch.common.config import Settings
 from lambda_arch.ingest.generator import TrafficConfig, generate
 from lambda_arch.ingest.kafka_offsets import end_offsets
-from lambda_arch.ingest.kafka_source import DEFAULT_CHUNK_ROWS, _c_crc32c_available
+from lambda_arch.ingest.kafka_options import DEFAULT_CHUNK_ROWS, _c_crc32c_available
 from lambda_arch.ingest.producer import ensure_topic, make_producer
 from lambda_arch.runtime.broker import EmbeddedBroker, free_port
 
@@ -51,7 +51,7 @@ TOPIC = "bench-speed-events"
 WARMUP_TOPIC = "bench-speed-warmup"
 START = datetime(2026, 3, 1, tzinfo=UTC)
 QUERIES = ("landing", "trending", "discovery")
-# The fetch settings of lambda_kafka's read path (kafka_source._read_range).
+# The fetch settings of lambda_kafka's read path (kafka_reader._read_range).
 SOURCE_FETCH = {
     "max_partition_fetch_bytes": 8 * 1024 * 1024,
     "fetch_max_bytes": 64 * 1024 * 1024,

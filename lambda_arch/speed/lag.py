@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lambda_arch.ingest.kafka_offsets import offset_bounds
-from lambda_arch.ingest.kafka_source import checkpoint_offsets
+from lambda_arch.ingest.source_offsets import checkpoint_offsets
 
 
 @dataclass(frozen=True)

@@ -39,12 +39,9 @@ from lambda_arch.common.files import is_local, local_path, read_text, write_text
 from lambda_arch.common.storage import hadoop_uri, pyarrow_filesystem
 from lambda_arch.common.times import format_optional_time, format_time, parse_optional_time
 from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError, end_offsets
-from lambda_arch.ingest.kafka_source import (
-    SOURCE_NAME,
-    pending_data_loss,
-    register_kafka_source,
-    source_options,
-)
+from lambda_arch.ingest.kafka_options import source_options
+from lambda_arch.ingest.kafka_source import SOURCE_NAME, register_kafka_source
+from lambda_arch.ingest.source_offsets import pending_data_loss
 from lambda_arch.ingest.spark_schema import QUARANTINE_REASON_COLUMN, parse_events
 from lambda_arch.speed.streaming import (
     CheckpointBusyError,

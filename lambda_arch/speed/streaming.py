@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from lambda_arch.common.times import EPOCH, format_time, parse_optional_time
 from lambda_arch.ingest.kafka_offsets import Gap, KafkaDataLossError
-from lambda_arch.ingest.kafka_source import checkpoint_offsets
+from lambda_arch.ingest.source_offsets import checkpoint_offsets
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -21,7 +21,9 @@ from lambda_arch.batch.lake import (
     read_quarantine,
     write_landing_batch,
 )
-from lambda_arch.ingest.kafka_source import SCHEMA_DDL, register_kafka_source, source_options
+from lambda_arch.ingest.kafka_options import source_options
+from lambda_arch.ingest.kafka_reader import SCHEMA_DDL
+from lambda_arch.ingest.kafka_source import register_kafka_source
 from lambda_arch.ingest.producer import ensure_topic, make_producer
 from lambda_arch.ingest.schema import invalid_value, missing
 from lambda_arch.ingest.spark_schema import parse_events

@@ -25,24 +25,18 @@ from lambda_arch.ingest.kafka_offsets import (
 )
 from lambda_arch.ingest.producer import ensure_topic
 from lambda_arch.runtime.broker import EmbeddedBroker, free_port
-from tests.lambda_arch.ingest.test_kafka_source import (
+from tests.kafka_helpers import (
     BASE_MS,
     Produced,
     Sent,
-    make_records,
     produce,
+    produce_mixed_topic,
 )
 
 
 @pytest.fixture(scope="module")
 def produced(broker: EmbeddedBroker) -> Produced:
-    """A 4-partition topic: 1,200 plain records then 800 gzip-compressed ones."""
-    topic = f"test-offsets-{uuid.uuid4().hex[:10]}"
-    ensure_topic(broker.bootstrap_servers, topic, 4)
-    records = make_records(2000, 4)
-    produce(broker.bootstrap_servers, topic, records[:1200])
-    produce(broker.bootstrap_servers, topic, records[1200:], compression="gzip")
-    return Produced(topic, records)
+    return produce_mixed_topic(broker.bootstrap_servers, "test-offsets")
 
 
 def first_at(produced: Produced, ts: int) -> dict[int, int]:

@@ -6,112 +6,37 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer
-from pyspark.sql.datasource import InputPartition
 
 from lambda_arch.ingest.kafka_offsets import (
     KafkaDataLossError,
     end_offsets,
 )
-from lambda_arch.ingest.kafka_source import (
-    SourceOptions,
-    admit,
+from lambda_arch.ingest.kafka_options import SourceOptions, source_options
+from lambda_arch.ingest.kafka_source import register_kafka_source
+from lambda_arch.ingest.producer import ensure_topic
+from lambda_arch.ingest.source_offsets import (
     checkpoint_offsets,
     pending_data_loss,
-    read_partition,
-    register_kafka_source,
     resume_offsets,
-    source_options,
 )
-from lambda_arch.ingest.producer import ensure_topic, make_producer
 from lambda_arch.runtime.broker import EmbeddedBroker, free_port
-from tests.kafka_helpers import consume_all
-
-BASE_MS = 1_790_000_000_000  # record timestamps: BASE_MS + 10 * sequence number
-
-
-@dataclass(frozen=True)
-class Sent:
-    partition: int
-    key: bytes | None
-    value: bytes
-    timestamp_ms: int
-
-
-def send(producer: KafkaProducer, topic: str, records: list[Sent]) -> None:
-    for index, record in enumerate(records):
-        headers = [("trace", f"t{index}".encode())] if index % 5 == 0 else None
-        producer.send(
-            topic,
-            key=record.key,
-            value=record.value,
-            partition=record.partition,
-            timestamp_ms=record.timestamp_ms,
-            headers=headers,
-        )
-    producer.flush()
-
-
-def make_records(count: int, partitions: int, first: int = 0) -> list[Sent]:
-    """Uneven partitions (every third record to partition 0), some null keys, big and small values."""
-    records = []
-    for i in range(first, first + count):
-        partition = 0 if i % 3 == 0 else i % partitions
-        key = None if i % 11 == 0 else f"member-{i % 97}".encode()
-        value = json.dumps({"seq": i, "pad": "x" * (i % 200)}).encode()
-        records.append(Sent(partition, key, value, BASE_MS + 10 * i))
-    return records
-
-
-def produce(
-    bootstrap: str, topic: str, records: list[Sent], compression: str | None = None
-) -> None:
-    if compression is None:
-        producer = make_producer(bootstrap)
-    else:
-        producer = KafkaProducer(
-            bootstrap_servers=bootstrap, compression_type=compression, linger_ms=20
-        )
-    try:
-        send(producer, topic, records)
-    finally:
-        producer.close()
-
-
-def by_partition(records: list[Sent]) -> dict[int, list[Sent]]:
-    grouped: dict[int, list[Sent]] = defaultdict(list)
-    for record in records:
-        grouped[record.partition].append(record)
-    return dict(grouped)
-
-
-@dataclass
-class Produced:
-    topic: str
-    records: list[Sent]
-
-    @property
-    def partitions(self) -> dict[int, list[Sent]]:
-        return by_partition(self.records)
-
-    @property
-    def counts(self) -> dict[int, int]:
-        return {p: len(rs) for p, rs in sorted(self.partitions.items())}
+from tests.kafka_helpers import (
+    BASE_MS,
+    Produced,
+    Sent,
+    by_partition,
+    make_records,
+    produce,
+    produce_mixed_topic,
+)
 
 
 @pytest.fixture(scope="module")
 def produced(broker: EmbeddedBroker) -> Produced:
-    """A 4-partition topic: 1,200 plain records then 800 gzip-compressed ones."""
-    topic = f"test-src-{uuid.uuid4().hex[:10]}"
-    ensure_topic(broker.bootstrap_servers, topic, 4)
-    records = make_records(2000, 4)
-    produce(broker.bootstrap_servers, topic, records[:1200])
-    produce(broker.bootstrap_servers, topic, records[1200:], compression="gzip")
-    return Produced(topic, records)
+    return produce_mixed_topic(broker.bootstrap_servers, "test-src")
 
 
 @pytest.fixture(scope="module")
@@ -143,78 +68,6 @@ def expected_rows(records: dict[int, list[Sent]], ranges: dict[int, tuple[int, i
                 for offset in range(lo, hi)
             ]
     return expected
-
-
-# Decoding (kafka-python only; offsets are tested in test_kafka_offsets) -----------------------
-
-
-def test_read_partition_decodes_like_kafka_python(
-    broker: EmbeddedBroker, produced: Produced
-) -> None:
-    """The columnar decoder (plain and gzip batches, headers, null keys) against ConsumerRecords."""
-    bootstrap = broker.bootstrap_servers
-    reference = consume_all(bootstrap, produced.topic, len(produced.records))
-    options = SourceOptions.parse({"bootstrap.servers": bootstrap, "topic": produced.topic})
-    for partition, count in produced.counts.items():
-        split = _split(produced.topic, partition, 3, count - 2)
-        batches = list(read_partition(options, split))
-        got = [
-            (o, k, v, t.value // 1000)
-            for b in batches
-            for o, k, v, t in zip(
-                b.column("offset").to_pylist(),
-                b.column("key").to_pylist(),
-                b.column("value").to_pylist(),
-                b.column("timestamp"),
-                strict=True,
-            )
-        ]
-        want = [
-            (r.offset, r.key, r.value, r.timestamp)
-            for r in sorted(reference, key=lambda r: r.offset)
-            if r.partition == partition and 3 <= r.offset < count - 2
-        ]
-        assert got == want
-    assert list(read_partition(options, InputPartition(None))) == []
-
-
-def _split(topic: str, partition: int, start: int, end: int):
-    from lambda_arch.ingest.kafka_source import KafkaInputPartition
-
-    return KafkaInputPartition(topic, partition, start, end)
-
-
-# Pure planning logic -----------------------------------------------------------------------------
-
-
-def test_admit_caps_batches_in_proportion_to_backlog() -> None:
-    start = {0: 0, 1: 100, 2: 50}
-    end = {0: 600, 1: 400, 2: 50}
-    capped = admit(start, end, 300)
-    assert sum(capped[p] - start[p] for p in end) == 300
-    assert capped == {0: 200, 1: 200, 2: 50}  # 600:300 backlog -> 200:100
-    assert admit(start, end, 10_000) == end
-    assert admit(start, end, None) == end
-    assert admit({}, {0: 5}, 3) == {0: 5}  # a new partition's start defaults to its end
-    odd = admit({0: 0, 1: 0, 2: 0}, {0: 1, 1: 1, 2: 1}, 2)
-    assert sum(odd.values()) == 2
-
-
-def test_options_are_checked() -> None:
-    with pytest.raises(ValueError, match=r"bootstrap\.servers"):
-        SourceOptions.parse({"topic": "t"})
-    with pytest.raises(ValueError, match="maxEventsPerBatch"):
-        SourceOptions.parse({"bootstrap.servers": "h:1", "topic": "t", "maxEventsPerBatch": "0"})
-    with pytest.raises(ValueError, match="startingOffsets"):
-        SourceOptions.parse({"bootstrap.servers": "h:1", "topic": "t", "startingOffsets": "{x"})
-    options = SourceOptions.parse(
-        source_options(
-            "h:1", "t", max_events_per_batch=7, startingOffsets={0: 3}, failOnDataLoss=False
-        )
-    )
-    assert options.max_events_per_batch == 7
-    assert options.starting_offsets == {0: 3}
-    assert options.fail_on_data_loss is False
 
 
 # Batch reads through Spark -----------------------------------------------------------------------

@@ -38,7 +38,8 @@ def server_imports_lambda_arch(_: Any) -> str:
 def speed() -> dict[str, Any]:
     """The Kafka source and the speed queries through the server."""
     from lambda_arch.batch.lake import Lake, read_play_events, read_quarantine
-    from lambda_arch.ingest.kafka_source import SOURCE_NAME, source_options
+    from lambda_arch.ingest.kafka_options import source_options
+    from lambda_arch.ingest.kafka_source import SOURCE_NAME
     from lambda_arch.speed.layer import (
         SpeedPaths,
         read_trending_speed,

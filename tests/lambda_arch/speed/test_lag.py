@@ -6,7 +6,8 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
-from lambda_arch.ingest.kafka_source import register_kafka_source, source_options
+from lambda_arch.ingest.kafka_options import source_options
+from lambda_arch.ingest.kafka_source import register_kafka_source
 from lambda_arch.ingest.producer import ensure_topic
 from lambda_arch.runtime.broker import EmbeddedBroker
 from lambda_arch.speed.lag import QueryLag, TopicLag, measure_lag, partition_lag

@@ -45,14 +45,11 @@ from lambda_arch.batch.lake import (
 from lambda_arch.common.config import Settings
 from lambda_arch.ingest.generator import TrafficConfig, generate
 from lambda_arch.ingest.kafka_offsets import end_offsets
-from lambda_arch.ingest.kafka_source import (
-    SOURCE_NAME,
-    checkpoint_offsets,
-    register_kafka_source,
-    source_options,
-)
+from lambda_arch.ingest.kafka_options import source_options
+from lambda_arch.ingest.kafka_source import SOURCE_NAME, register_kafka_source
 from lambda_arch.ingest.producer import ensure_topic, make_producer
 from lambda_arch.ingest.schema import PlayEvent, Rejection, parse_payload
+from lambda_arch.ingest.source_offsets import checkpoint_offsets
 from lambda_arch.runtime.broker import EmbeddedBroker, free_port
 from lambda_arch.speed.layer import (
     SpeedPaths,

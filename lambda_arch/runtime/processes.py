@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -56,27 +57,65 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _leads_its_own_group(pid: int) -> bool:
+    """True when pid leads a process group that is not ours (as a child started by spawn())."""
+    try:
+        return os.getpgid(pid) == pid != os.getpgrp()
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _wait_gone(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until each process has exited; those still alive at the timeout.
+
+    Unlike psutil.wait_procs this never reaps a child of ours: its parent reaps it (Popen.wait)
+    and so keeps its real exit status, where a reap here would leave Popen.returncode at 0.
+    """
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in processes if not _gone(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [p for p in alive if not _gone(p)]
+    return alive
+
+
 def stop_pid(pid: int, timeout_s: float = 10.0) -> None:
-    """Stop pid, its process group and all its descendants: SIGTERM, then SIGKILL after timeout."""
+    """Stop pid and all its descendants: SIGTERM, then SIGKILL after timeout; never reaps.
+
+    The whole process group is signalled too, but only when pid leads a group of its own: a
+    child that shares our group (not started by spawn()) must not take our group down with it.
+    """
     try:
         root = psutil.Process(pid)
     except psutil.NoSuchProcess:
         return
     family = [root, *descendants(pid)]
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(os.getpgid(pid), signal.SIGTERM)
+    if _leads_its_own_group(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
     for process in family:
         with contextlib.suppress(psutil.Error):
             process.terminate()
-    _, alive = psutil.wait_procs(family, timeout=timeout_s)
+    alive = _wait_gone(family, timeout_s)
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()
-    psutil.wait_procs(alive, timeout=5)
+    _wait_gone(alive, 5.0)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    """Stop a child started by spawn() with everything it started, and reap it."""
+    """Stop a child started by spawn() with everything it started, and reap it.
+
+    The child is reaped here, through its Popen, so process.returncode is its real exit status
+    (-15 after SIGTERM, -9 after SIGKILL).
+    """
     if process.poll() is None:
         stop_pid(process.pid, timeout_s=timeout_s)
     try:

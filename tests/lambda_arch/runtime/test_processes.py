@@ -141,11 +141,6 @@ def test_stop_pid_kills_what_ignores_sigterm_after_the_timeout(tmp_path: Path) -
     child.wait(timeout=5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stop_pid signals the whole process group of pid: for a child that shares its "
-    "caller's group (not started by spawn), that group is the caller's own",
-)
 def test_stop_pid_of_a_child_in_our_own_group_spares_us(tmp_path: Path) -> None:
     """Run in a spawned parent (never in pytest's group): it stops a plain Popen child."""
     result = tmp_path / "result"
@@ -164,6 +159,17 @@ def test_stop_pid_of_a_child_in_our_own_group_spares_us(tmp_path: Path) -> None:
         stop_process(parent)
     assert returncode == 0  # the parent survived the stop of its child
     assert not pid_alive(int(result.read_text()))
+
+
+def test_a_stopped_child_keeps_its_real_exit_status() -> None:
+    # Nothing but the Popen may reap the child, else Popen.returncode reads 0 (ECHILD).
+    by_process = spawn(python("import time; time.sleep(60)"))
+    stop_process(by_process, timeout_s=5)
+    assert by_process.returncode == -signal.SIGTERM
+    by_pid = spawn(python("import time; time.sleep(60)"))
+    stop_pid(by_pid.pid, timeout_s=5)
+    assert not pid_alive(by_pid.pid)  # gone (a zombie until its parent reaps it)
+    assert by_pid.wait(timeout=5) == -signal.SIGTERM
 
 
 def test_pid_alive_and_stopping_what_is_gone() -> None:

@@ -20,12 +20,12 @@ class JavaMissing(RuntimeError):
 
 
 def java_executable() -> str | None:
-    """The java binary Spark will use: $JAVA_HOME/bin/java, else the one on PATH."""
+    """The java binary Spark will use: $JAVA_HOME/bin/java when JAVA_HOME is set (Spark's
+    launcher, bin/spark-class, then never looks at PATH), else the one on PATH; None if absent."""
     java_home = os.environ.get("JAVA_HOME")
     if java_home:
         candidate = os.path.join(java_home, "bin", "java")
-        if os.access(candidate, os.X_OK):
-            return candidate
+        return candidate if os.access(candidate, os.X_OK) else None
     return shutil.which("java")
 
 
@@ -48,6 +48,14 @@ def java_major_version(executable: str) -> int | None:
 def check_java() -> int:
     """The Java major version, or raise JavaMissing with what to install."""
     executable = java_executable()
+    on_path = shutil.which("java")
+    if executable is None and os.environ.get("JAVA_HOME") and on_path:
+        # Spark's launcher runs $JAVA_HOME/bin/java and fails, whatever is on PATH.
+        raise JavaMissing(
+            f"JAVA_HOME={os.environ['JAVA_HOME']} has no bin/java, and Spark runs "
+            f"$JAVA_HOME/bin/java: point JAVA_HOME at a Java 17 or 21 runtime, or unset it "
+            f"to use {on_path}"
+        )
     if executable is None:
         raise JavaMissing(f"Spark needs Java and none was found: {INSTALL_HINT}")
     major = java_major_version(executable)

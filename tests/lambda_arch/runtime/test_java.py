@@ -112,11 +112,6 @@ def test_an_unsupported_java_home_is_named_in_the_error(
 
 
 @needs_java
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_java falls back to java on PATH when JAVA_HOME points at nothing, but Spark's "
-    "launcher (bin/spark-class) then runs $JAVA_HOME/bin/java and fails",
-)
 def test_java_home_at_nothing_is_reported_even_with_java_on_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -135,5 +130,8 @@ def test_java_home_at_nothing_is_reported_even_with_java_on_path(
     )
     assert launched.returncode != 0
     monkeypatch.setenv("JAVA_HOME", str(missing_home))
-    with pytest.raises(JavaMissing, match="JAVA_HOME"):
+    with pytest.raises(JavaMissing, match="JAVA_HOME") as missing:
         check_java()
+    # One line naming the bad setting, what to do, and the java that would work.
+    message = str(missing.value)
+    assert "\n" not in message and str(missing_home) in message and MACHINE_JAVA in message

@@ -65,17 +65,25 @@ def open_consumer(bootstrap: str, **overrides: Any) -> Iterator[KafkaConsumer]:
 
 
 def _partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 10.0) -> list[int]:
-    # Metadata right after a topic's creation can lag briefly: retry for a little while.
+    """Partition ids of topic; [] as soon as the broker answers metadata without the topic.
+
+    partitions_for_topic returns only once a metadata request for all topics was answered, so
+    an empty answer means the topic does not exist (a topic created by ensure_topic is already
+    visible: it waits for it). Only while the request fails (broker still starting, metadata not
+    loaded yet) is it retried, for up to timeout_s; then the last error is raised.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
-        found = consumer.partitions_for_topic(topic)
-        if found or time.monotonic() > deadline:
-            return sorted(found or ())
+        try:
+            return sorted(consumer.partitions_for_topic(topic) or ())
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
         time.sleep(0.1)
 
 
 def partitions_of(bootstrap: str, topic: str, *, timeout_s: float = 10.0) -> list[int]:
-    """Partition ids of topic, sorted; [] when the topic does not exist."""
+    """Partition ids of topic, sorted; [] when the broker's metadata does not list the topic."""
     with open_consumer(bootstrap) as consumer:
         return _partitions(consumer, topic, timeout_s)
 

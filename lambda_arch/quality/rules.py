@@ -575,35 +575,60 @@ def covered_range(
     return ranges
 
 
+def covered_spans(
+    ranges: Sequence[tuple[datetime, datetime]],
+) -> list[tuple[str, datetime, datetime]]:
+    """Ranges merged where they overlap or touch, then cut at UTC midnights: (yyyy-MM-dd,
+    start, end) pieces, disjoint, at most one per day."""
+    merged: list[list[datetime]] = []
+    for start, end in sorted((s.astimezone(UTC), e.astimezone(UTC)) for s, e in ranges):
+        if end <= start:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    pieces = []
+    for start, end in merged:
+        while start < end:
+            midnight = datetime(start.year, start.month, start.day, tzinfo=UTC) + timedelta(days=1)
+            piece_end = min(end, midnight)
+            pieces.append((start.date().isoformat(), start, piece_end))
+            start = piece_end
+    return pieces
+
+
 def bucket_differences(
     batch: DataFrame, speed: DataFrame, ranges: Sequence[tuple[datetime, datetime]]
 ) -> DataFrame:
     """Per bucket of the covered ranges: minute, country, title_id, batch, speed, diff.
 
-    `batch` and `speed` have the trending columns (minute, country, title_id, plays).
+    `batch` and `speed` have the trending columns (minute, country, title_id, plays). The ranges
+    are a small table joined on the bucket's UTC day, not one condition per range: an OR of a
+    condition per day nests deeper with every day, and Spark Connect refuses a plan nested
+    deeper than its protobuf limit (a 215-day backfill failed so).
     """
-    from functools import reduce
-
     from pyspark.sql import functions as F
 
-    if not ranges:
-        return batch.sparkSession.createDataFrame(
+    spark = batch.sparkSession
+    pieces = covered_spans(ranges)
+    if not pieces:
+        return spark.createDataFrame(
             [],
             "minute timestamp, country string, title_id bigint, batch bigint, speed bigint, "
             "diff bigint",
         )
-    minute = F.col("minute")
-    inside = reduce(
-        lambda a, b: a | b, [(minute >= F.lit(s)) & (minute < F.lit(e)) for s, e in ranges]
-    )
+    covered = spark.createDataFrame(pieces, "__day string, __start timestamp, __end timestamp")
 
     def plays(frame: DataFrame, alias: str) -> DataFrame:
-        # Summed per bucket: a table may hold a bucket in more than one row (speed deltas).
-        return (
-            frame.where(inside)
-            .groupBy(*BUCKET_KEYS)
-            .agg(F.sum("plays").cast("bigint").alias(alias))
+        # One piece per day at most: the equi-join on the day keeps each row at most once.
+        inside = (
+            frame.withColumn("__day", utc_day(F.col("minute")))
+            .join(F.broadcast(covered), "__day")
+            .where((F.col("minute") >= F.col("__start")) & (F.col("minute") < F.col("__end")))
         )
+        # Summed per bucket: a table may hold a bucket in more than one row (speed deltas).
+        return inside.groupBy(*BUCKET_KEYS).agg(F.sum("plays").cast("bigint").alias(alias))
 
     joined = plays(batch, "batch").join(plays(speed, "speed"), list(BUCKET_KEYS), "full_outer")
     return joined.select(

@@ -3,7 +3,7 @@ rule passes on good rows and fails, naming the bad rows, on rows made bad on pur
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -168,6 +168,25 @@ def test_offset_gaps_and_covered_ranges() -> None:
         (datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 3, 2, 0, 20, tzinfo=UTC)),
     ]
     assert quality.covered_range([date(2026, 3, 3)], watermark) == []
+
+
+def test_covered_spans_are_disjoint_pieces_of_at_most_one_day() -> None:
+    day = datetime(2026, 3, 1, tzinfo=UTC)
+    hour = timedelta(hours=1)
+    # Touching and overlapping ranges merge; the merged span is cut at each UTC midnight.
+    ranges = [
+        (day, day + 20 * hour),
+        (day + 20 * hour, day + 30 * hour),
+        (day + hour, day + 2 * hour),
+    ]
+    assert quality.covered_spans([*ranges, (day + 40 * hour, day + 40 * hour)]) == [
+        ("2026-03-01", day, day + 24 * hour),
+        ("2026-03-02", day + 24 * hour, day + 30 * hour),
+    ]
+    # 400 whole days: one piece per day, a table of 400 rows rather than 400 nested conditions.
+    days = [date(2025, 1, 1) + timedelta(days=n) for n in range(400)]
+    pieces = quality.covered_spans(quality.covered_range(days, datetime(2027, 1, 1, tzinfo=UTC)))
+    assert len(pieces) == 400 and pieces[-1][0] == days[-1].isoformat()
 
 
 # On Spark ---------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Serving layer assets (group `serving`): the store the CLI and the HTTP API answer from.
 
 Each asset is a short story: bring its view of the serving store up to date with the lake
-(`lambda_arch.serving.store.refresh_view`: changed batch days, new speed micro-batches, both
+(`lambda_arch.serving.refresh.refresh_view`: changed batch days, new speed micro-batches, both
 watermarks, speed rows the batch now covers pruned) and report what changed. No Spark: a
 refresh reads Parquet with pyarrow, so it runs in a second or two and never waits for a JVM.
 """
@@ -9,8 +9,11 @@ refresh reads Parquet with pyarrow, so it runs in a second or two and never wait
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
 from assets.speed import step_priority
-from lambda_arch.serving import store as serving
+from lambda_arch.serving import answers
 from lambda_arch.serving.ranking import markdown_table
+from lambda_arch.serving.refresh import refresh_view
+from lambda_arch.serving.store import ServingStore, iso
+from lambda_arch.views.spec import DISCOVERY, SESSIONS, TRENDING, ViewSpec
 from resources import LambdaArchSettings
 
 GROUP = "serving"
@@ -18,13 +21,13 @@ KINDS = {"sqlite", "python"}
 TOP_WINDOW_MIN = 60
 
 
-def _top_10(store: serving.ServingStore, view: str) -> dict[str, object]:
+def _top_10(store: ServingStore, view: str) -> dict[str, object]:
     """The answer a user gets right now (no --as-of), as a markdown table."""
-    if view == serving.TRENDING.name:
-        answer = store.trending(limit=10)
+    if view == TRENDING.name:
+        answer = answers.trending(store, limit=10)
         rows, columns = answer["titles"], ["rank", "title_id", "plays"]
-    elif view == serving.DISCOVERY.name:
-        answer = store.discovery()
+    elif view == DISCOVERY.name:
+        answer = answers.discovery(store)
         rows, columns = answer["sources"], ["discovery_source", "plays", "share"]
     else:
         return {}
@@ -32,7 +35,7 @@ def _top_10(store: serving.ServingStore, view: str) -> dict[str, object]:
     return {"top_10": MetadataValue.md(title + markdown_table(rows, columns))}
 
 
-def _serving_asset(spec: serving.ViewSpec, description: str):
+def _serving_asset(spec: ViewSpec, description: str):
     @asset(
         name=f"{spec.name}_serving",
         group_name=GROUP,
@@ -44,13 +47,13 @@ def _serving_asset(spec: serving.ViewSpec, description: str):
     )
     def _asset(context: AssetExecutionContext, settings: LambdaArchSettings) -> MaterializeResult:
         config = settings.get()
-        store = serving.ServingStore.from_settings(config)
-        report = serving.refresh_view(config, store, spec.name)
+        store = ServingStore.from_settings(config)
+        report = refresh_view(config, store, spec.name)
         context.log.info(
             f"{spec.name}: {len(report.batch_days_loaded)} batch day(s) loaded, "
             f"{report.speed_batches_read} speed micro-batch(es) read, batch watermark "
-            f"{serving.iso(report.batch_watermark)}, speed watermark "
-            f"{serving.iso(report.speed_watermark)}"
+            f"{iso(report.batch_watermark)}, speed watermark "
+            f"{iso(report.speed_watermark)}"
         )
         return MaterializeResult(metadata={**report.metadata(), **_top_10(store, spec.name)})
 
@@ -58,15 +61,15 @@ def _serving_asset(spec: serving.ViewSpec, description: str):
 
 
 trending_serving = _serving_asset(
-    serving.TRENDING,
+    TRENDING,
     "Trending titles as served: batch counts before the batch watermark, speed counts after.",
 )
 discovery_serving = _serving_asset(
-    serving.DISCOVERY,
+    DISCOVERY,
     "Plays and share per discovery source as served: batch before the watermark, speed after.",
 )
 sessions_serving = _serving_asset(
-    serving.SESSIONS,
+    SESSIONS,
     "Viewing sessions as served: batch sessions ending before the batch watermark, speed after.",
 )
 

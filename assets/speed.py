@@ -26,8 +26,9 @@ from dagster import (
 from lambda_arch.common.config import Settings
 from lambda_arch.common.tags import SPARK_RUN_TAG, SPARK_SPEED, SPARK_STREAM
 from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError, offset_bounds
-from lambda_arch.serving import store as serving
 from lambda_arch.serving.ranking import Window, markdown_table, top_titles
+from lambda_arch.serving.refresh import refresh_view
+from lambda_arch.serving.store import ServingStore
 from lambda_arch.speed import layer as speed
 from lambda_arch.speed.lag import partition_lag
 from lambda_arch.speed.streaming import StreamReport
@@ -148,11 +149,11 @@ def _stream(
     store is refreshed after every micro-batch, and both assets are reported as materialized at
     most every PUBLISH_EVERY_S seconds, so the UI follows the stream while the run goes on."""
     view = name.removesuffix("_speed")
-    store = serving.ServingStore.from_settings(config)
+    store = ServingStore.from_settings(config)
     published = {"at": time.monotonic(), "events": 0, "batches": 0}
 
     def on_batch(batch: StreamReport) -> None:
-        refresh = serving.refresh_view(config, store, view)
+        refresh = refresh_view(config, store, view)
         published["events"] += batch.events_read
         published["batches"] += 1
         if time.monotonic() - published["at"] < PUBLISH_EVERY_S:
@@ -175,7 +176,7 @@ def _stream(
     report = speed.stream_view(
         session, config, name, stream_s=config.speed_stream_s, on_batch=on_batch
     )
-    serving.refresh_view(config, store, view)
+    refresh_view(config, store, view)
     return report
 
 

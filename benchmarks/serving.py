@@ -54,6 +54,7 @@ from lambda_arch.ingest.generator import KIND_EVENT, PLAY_START, TrafficConfig, 
 from lambda_arch.ingest.schema import COUNTRIES, PlayEvent, parse_payload
 from lambda_arch.runtime.broker import free_port
 from lambda_arch.runtime.processes import isolated_env, spawn
+from lambda_arch.serving import answers
 from lambda_arch.serving.store import STORE_FILE, ServingStore, iso, load_batch_days, parse_iso
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,10 +147,10 @@ class Query:
         country = self.params.get("country")
         window = int(self.params["window"])
         if self.view == "trending":
-            return store.trending(
-                country=country, as_of=as_of, window=window, limit=int(self.params["limit"])
+            return answers.trending(
+                store, country=country, as_of=as_of, window=window, limit=int(self.params["limit"])
             )
-        return store.discovery(country=country, as_of=as_of, window=window)
+        return answers.discovery(store, country=country, as_of=as_of, window=window)
 
 
 def make_queries(count: int, days: int, seed: int) -> list[Query]:

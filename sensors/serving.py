@@ -11,7 +11,7 @@ from dagster import (
 )
 
 from assets.jobs import BATCH_JOB_NAME, SERVING_JOB_NAME, SPEED_JOB_NAME, serving_job
-from lambda_arch.serving import store as serving
+from lambda_arch.serving.refresh import pending_views
 from resources import LambdaArchSettings
 from sensors.runs import job_in_flight
 
@@ -40,7 +40,7 @@ def serving_refresh_sensor(
     context: SensorEvaluationContext, settings: LambdaArchSettings
 ) -> RunRequest | SkipReason:
     config = settings.get()
-    pending = serving.pending_views(config)
+    pending = pending_views(config)
     if not pending:
         return SkipReason("the serving store is up to date with the lake")
     if job := writer_in_flight(context):

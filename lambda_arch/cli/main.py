@@ -55,7 +55,8 @@ class CountryCode(click.ParamType):
     name = "country code"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from lambda_arch.serving.store import ServingError, check_country
+        from lambda_arch.serving.answers import check_country
+        from lambda_arch.serving.store import ServingError
 
         try:
             return check_country(value)  # the HTTP API's rule too
@@ -282,7 +283,7 @@ def _store(current: Settings) -> Any:
 def _answer(document: dict[str, Any], as_json: bool, table: Any) -> None:
     """The exact JSON with --json, else a readable table."""
     if as_json:
-        from lambda_arch.serving.store import dumps
+        from lambda_arch.serving.answers import dumps
 
         click.echo(dumps(document))
     else:
@@ -326,9 +327,11 @@ def trending(
     country: str | None, window: int, as_of: datetime | None, limit: int, as_json: bool
 ) -> None:
     """Titles ranked by plays in [as-of - window, as-of)."""
+    from lambda_arch.serving import answers
+
     store = _store(settings())
     document = _serving_call(
-        lambda: store.trending(country=country, as_of=as_of, window=window, limit=limit)
+        lambda: answers.trending(store, country=country, as_of=as_of, window=window, limit=limit)
     )
     _answer(
         document,
@@ -344,8 +347,12 @@ def trending(
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def discovery(country: str | None, window: int, as_of: datetime | None, as_json: bool) -> None:
     """Plays and share per discovery source in [as-of - window, as-of)."""
+    from lambda_arch.serving import answers
+
     store = _store(settings())
-    document = _serving_call(lambda: store.discovery(country=country, as_of=as_of, window=window))
+    document = _serving_call(
+        lambda: answers.discovery(store, country=country, as_of=as_of, window=window)
+    )
     columns = ["discovery_source", "plays", "share"]
     _answer(
         document,
@@ -360,8 +367,10 @@ def discovery(country: str | None, window: int, as_of: datetime | None, as_json:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def sessions(member: int, title: int | None, as_json: bool) -> None:
     """Stitched viewing sessions of a member."""
+    from lambda_arch.serving import answers
+
     store = _store(settings())
-    document = _serving_call(lambda: store.sessions(member_id=member, title_id=title))
+    document = _serving_call(lambda: answers.sessions(store, member_id=member, title_id=title))
     columns = ["title_id", "session_start", "session_end", "events", "watched_ms"]
     _answer(
         document,

@@ -1,6 +1,6 @@
 """The HTTP API of the serving layer (CONTRACT section 7): `lambda-arch serve`.
 
-Bodies are exactly the CLI's JSON (both call `lambda_arch.serving.store.ServingStore`); a bad
+Bodies are exactly the CLI's JSON (both call `lambda_arch.serving.answers`); a bad
 parameter gets 400 with `{"error": "..."}`. FastAPI serves the OpenAPI description at
 `/openapi.json` and pages at `/docs` and `/redoc`.
 """
@@ -13,8 +13,9 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from lambda_arch.serving import store as serving
-from lambda_arch.serving.store import ServingError, ServingStore
+from lambda_arch.serving import answers
+from lambda_arch.serving.store import ServingError, ServingStore, iso, parse_iso
+from lambda_arch.views.spec import VIEWS
 
 BAD_REQUEST = 400
 
@@ -24,7 +25,7 @@ Country = Annotated[
 ]
 Window = Annotated[
     int,
-    Query(ge=1, le=serving.MAX_WINDOW_MIN, description="Window length W in minutes"),
+    Query(ge=1, le=answers.MAX_WINDOW_MIN, description="Window length W in minutes"),
 ]
 AsOf = Annotated[
     str | None,
@@ -61,41 +62,43 @@ def create_app(store: ServingStore) -> FastAPI:
         return JSONResponse({"error": str(error)}, status_code=BAD_REQUEST)
 
     def as_of_time(as_of: str | None) -> Any:
-        return serving.parse_iso(as_of) if as_of is not None else None
+        return parse_iso(as_of) if as_of is not None else None
 
     @app.get("/trending", summary="Titles ranked by plays in [T-W, T)")
     def trending(
         country: Country = None,
-        window: Window = serving.DEFAULT_WINDOW_MIN,
+        window: Window = answers.DEFAULT_WINDOW_MIN,
         as_of: AsOf = None,
-        limit: Annotated[int, Query(ge=1, le=serving.MAX_LIMIT)] = serving.DEFAULT_LIMIT,
+        limit: Annotated[int, Query(ge=1, le=answers.MAX_LIMIT)] = answers.DEFAULT_LIMIT,
     ) -> dict[str, Any]:
-        return store.trending(country=country, window=window, as_of=as_of_time(as_of), limit=limit)
+        return answers.trending(
+            store, country=country, window=window, as_of=as_of_time(as_of), limit=limit
+        )
 
     @app.get("/discovery", summary="Plays and share per discovery source in [T-W, T)")
     def discovery(
         country: Country = None,
-        window: Window = serving.DEFAULT_WINDOW_MIN,
+        window: Window = answers.DEFAULT_WINDOW_MIN,
         as_of: AsOf = None,
     ) -> dict[str, Any]:
-        return store.discovery(country=country, window=window, as_of=as_of_time(as_of))
+        return answers.discovery(store, country=country, window=window, as_of=as_of_time(as_of))
 
     @app.get("/sessions", summary="A member's stitched viewing sessions")
     def sessions(
         member_id: Annotated[int, Query(ge=0)],
         title_id: Annotated[int | None, Query(ge=0)] = None,
     ) -> dict[str, Any]:
-        return store.sessions(member_id=member_id, title_id=title_id)
+        return answers.sessions(store, member_id=member_id, title_id=title_id)
 
     @app.get("/health", summary="Liveness, and the watermarks the answers stand on")
     def health() -> dict[str, Any]:
         views = {
             name: {
-                "batch_watermark": serving.iso(state.batch_watermark),
-                "speed_watermark": serving.iso(state.speed_watermark),
+                "batch_watermark": iso(state.batch_watermark),
+                "speed_watermark": iso(state.speed_watermark),
                 "refreshed_at": state.refreshed_at,
             }
-            for name in serving.VIEWS
+            for name in VIEWS
             for state in [store.view_state(name)]
         }
         return {"status": "ok", "views": views}

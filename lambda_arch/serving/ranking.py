@@ -1,7 +1,8 @@
 """Ranking per-minute play counts into the contract's answers (CONTRACT section 3), and markdown.
 
-Input is a counts DataFrame with `minute` and `plays` (the speed views, and later the batch and
-serving views): trending keys on `title_id`, discovery on `discovery_source`.
+`top_titles` ranks a counts DataFrame with `minute`, `title_id` and `plays` (a speed view, for the
+speed asset's metadata); `ranked_titles` and `shares` shape the rows the serving answers
+(`lambda_arch.serving.answers`) have summed into the contract's `titles` and `sources` entries.
 """
 
 from __future__ import annotations
@@ -56,23 +57,6 @@ def top_titles(
         .collect()
     )
     return ranked_titles([(row["title_id"], row["plays"]) for row in ranked])
-
-
-def source_shares(
-    counts: DataFrame, window: Window, *, country: str | None = None
-) -> list[dict[str, Any]]:
-    """Plays per discovery source in the window with its share (4 decimals), most plays first,
-    ties by name."""
-    from pyspark.sql import functions as F
-
-    rows = (
-        _in_window(counts, window, country)
-        .groupBy("discovery_source")
-        .agg(F.sum("plays").alias("plays"))
-        .where(F.col("plays") > 0)
-        .collect()
-    )
-    return shares([(row["discovery_source"], row["plays"]) for row in rows])
 
 
 def ranked_titles(plays_by_title: Sequence[tuple[Any, Any]]) -> list[dict[str, int]]:

@@ -1,13 +1,13 @@
-"""The serving layer: batch results before the batch watermark, speed results after it.
+"""The serving store: one SQLite file of both layers' view rows, their hourly roll-ups, and the
+watermarks and versions that say what it holds.
 
-CONTRACT section 3: an answer for the window [T-W, T) takes the batch layer's per-minute counts
-for the minutes before the batch watermark (end of the last contiguous recomputed day) and the
-speed layer's for the minutes from it on. Sessions are split the same way by session_end (the
-batch layer owns a session by the day of its last event, see `lambda_arch.batch.layer`).
+CONTRACT section 3: answers (`lambda_arch.serving.answers`) take the batch layer's rows before
+the batch watermark and the speed layer's from it on; `lambda_arch.serving.refresh` fills the
+store from the lake. This module owns the file, its layout and every write to it.
 
-The store is one SQLite file (`$LAMBDA_ARCH_HOME/serving/serving.sqlite3`, WAL mode): readers in
-any number of processes (CLI, HTTP API) see a consistent snapshot while a refresh writes, each
-answer is a few indexed range scans, and the file needs no server. It holds:
+The file is `$LAMBDA_ARCH_HOME/serving/serving.sqlite3`, WAL mode: readers in any number of
+processes (CLI, HTTP API) see a consistent snapshot while a refresh writes, each answer is a few
+indexed range scans, and the file needs no server. It holds:
 - `<view>_batch`: every computed batch day of the view (all history: as-of queries for any past
   window read it, after the speed layer has been pruned);
 - `<view>_speed`: the speed layer's rows at or after the batch watermark (older ones are pruned
@@ -20,55 +20,26 @@ answer is a few indexed range scans, and the file needs no server. It holds:
   hours it touched from the minute rows, speed deltas add to theirs), so both always agree;
 - `batch_days`, `views`: which batch day version and which speed micro-batch each view holds,
   and both watermarks.
-
-A refresh (`refresh_view`) reads the lake with pyarrow, no Spark: batch days whose state
-changed since the store loaded them (recomputed days, late data), and the speed micro-batches
-committed since the last refresh (a micro-batch is read only once Spark's commit log has it, so
-a half-written retry is never ingested). It is incremental: its cost follows what changed.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
-
-from lambda_arch.batch import layer as batch
-from lambda_arch.batch.lake import Lake
 from lambda_arch.common.config import Settings
-from lambda_arch.common.storage import pyarrow_filesystem
 from lambda_arch.common.times import format_optional_time, parse_time
-from lambda_arch.ingest.schema import COUNTRIES
-from lambda_arch.serving.ranking import Window, ranked_titles, shares
-from lambda_arch.speed import layer as speed
-
-# The view specs live in lambda_arch.views.spec: re-exported for importers of the store.
-from lambda_arch.views.spec import DISCOVERY as DISCOVERY
-from lambda_arch.views.spec import SESSIONS as SESSIONS
-from lambda_arch.views.spec import TRENDING as TRENDING
-from lambda_arch.views.spec import VIEWS as VIEWS
-from lambda_arch.views.spec import ViewSpec as ViewSpec
+from lambda_arch.views.spec import SESSIONS, VIEWS, ViewSpec
 
 STORE_FILE = "serving.sqlite3"
-DEFAULT_WINDOW_MIN = 60
-DEFAULT_LIMIT = 10
-MAX_LIMIT = 1000
-# A year of minutes: longer windows are almost surely a typo (and a full scan).
-MAX_WINDOW_MIN = 366 * 24 * 60
-_MICROS = 1_000_000
+MICROS = 1_000_000  # session times are stored as epoch microseconds
 # PRAGMA user_version of the store's layout: 1 added the hourly roll-ups (a file at 0 gets them
 # filled from its minute tables when opened).
 SCHEMA_VERSION = 1
@@ -153,102 +124,24 @@ def parse_iso(text: str) -> datetime:
         raise ServingError(str(error)) from None
 
 
-def check_country(country: str | None) -> str | None:
-    if country is not None and country not in COUNTRIES:
-        raise ServingError(f"{country!r} is not an upper-case ISO 3166-1 alpha-2 country code")
-    return country
-
-
-def check_window(minutes: int) -> int:
-    if not 1 <= minutes <= MAX_WINDOW_MIN:
-        raise ServingError(f"window must be a whole number of minutes from 1 to {MAX_WINDOW_MIN}")
-    return minutes
-
-
-def check_limit(limit: int) -> int:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ServingError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    return limit
-
-
-def _seconds(moment: datetime) -> int:
+def epoch_seconds(moment: datetime) -> int:
+    """A time as the store keeps minutes and watermarks: whole epoch seconds."""
     return int(moment.timestamp())
 
 
-def _from_seconds(value: int | None) -> datetime | None:
+def time_from_seconds(value: int | None) -> datetime | None:
+    """The time of stored epoch seconds; None stays None (no watermark yet)."""
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
-def _from_micros(value: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
-
-
-# The merge ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Split:
-    """Which layer answers which part of a window [start, end) (epoch seconds, half-open):
-    batch for [batch_from, batch_to), speed for [speed_from, speed_to); an empty range has
-    from >= to."""
-
-    batch_from: int
-    batch_to: int
-    speed_from: int
-    speed_to: int
-
-
-def split_window(start: datetime, end: datetime, batch_watermark: datetime | None) -> Split:
-    """CONTRACT section 3: batch before the batch watermark, speed from it on."""
-    first, last = _seconds(start), _seconds(end)
-    if batch_watermark is None:
-        return Split(first, first, first, last)
-    cut = min(max(_seconds(batch_watermark), first), last)
-    return Split(first, cut, cut, last)
-
-
-def _hour_floor(seconds: int) -> int:
+def hour_floor(seconds: int) -> int:
+    """The start of the hour holding `seconds` (epoch seconds)."""
     return seconds // HOUR_S * HOUR_S
 
 
-def _hour_ceil(seconds: int) -> int:
+def hour_ceil(seconds: int) -> int:
+    """The first hour start at or after `seconds` (epoch seconds)."""
     return -(-seconds // HOUR_S) * HOUR_S
-
-
-@dataclass(frozen=True)
-class Read:
-    """One range scan of an answer: rows of `table` with `column` in [first, to)."""
-
-    table: str
-    column: str  # "minute" for a minute table, "hour" for its roll-up
-    first: int
-    to: int
-
-
-def reads_of(table: str, first: int, to: int) -> list[Read]:
-    """The scans that sum a minute table's plays over [first, to): its whole hours from the
-    hourly roll-up, the minutes before the first and after the last whole hour from the table
-    itself. Each minute is in exactly one scan, so the sums equal a scan of the minutes."""
-    if first >= to:
-        return []
-    whole_from, whole_to = _hour_ceil(first), _hour_floor(to)
-    if whole_from >= whole_to:
-        return [Read(table, "minute", first, to)]
-    edges = [Read(table, "minute", first, whole_from), Read(table, "minute", whole_to, to)]
-    return [Read(f"{table}_hourly", "hour", whole_from, whole_to)] + [
-        edge for edge in edges if edge.first < edge.to
-    ]
-
-
-def contiguous_watermark(first_day: date | None, computed: Iterable[date]) -> datetime | None:
-    """End of the last day of the unbroken run of computed days from `first_day`."""
-    if first_day is None:
-        return None
-    done, last = set(computed), None
-    day = first_day
-    while day in done:
-        last, day = day, day + timedelta(days=1)
-    return batch.day_end(last) if last else None
 
 
 # The store ----------------------------------------------------------------------------------
@@ -350,7 +243,7 @@ class ServingStore:
         ).fetchone()
         if row is None:
             return ViewState(view, None, None, -1, None)
-        return ViewState(view, _from_seconds(row[0]), _from_seconds(row[1]), row[2], row[3])
+        return ViewState(view, time_from_seconds(row[0]), time_from_seconds(row[1]), row[2], row[3])
 
     def batch_days(self, view: str) -> dict[str, str]:
         rows = self._connection().execute(
@@ -364,129 +257,6 @@ class ServingStore:
         return {
             table: connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             for table in (spec.batch_store, spec.speed_store)
-        }
-
-    # Answers ---------------------------------------------------------------------------------
-
-    def _as_of(self, state: ViewState, as_of: datetime | None) -> datetime:
-        """T: the given time, else the speed watermark, else the batch watermark, else now."""
-        return as_of or state.speed_watermark or state.batch_watermark or datetime.now(UTC)
-
-    def _header(
-        self, state: ViewState, country: str | None, end: datetime, minutes: int
-    ) -> dict[str, Any]:
-        return {
-            "country": country,
-            "as_of": iso(end),
-            "window_minutes": minutes,
-            "batch_watermark": iso(state.batch_watermark),
-            "speed_watermark": iso(state.speed_watermark),
-        }
-
-    def _ranked(
-        self,
-        connection: sqlite3.Connection,
-        spec: ViewSpec,
-        split: Split,
-        country: str | None,
-        limit: int | None,
-    ) -> list[tuple[Any, int]]:
-        """(key, plays) of the window in rank order: the batch part and the speed part of the
-        split, each read as whole hours from its roll-up and minutes at the edges."""
-        key = spec.key
-        reads = reads_of(spec.batch_store, split.batch_from, split.batch_to)
-        reads += reads_of(spec.speed_store, split.speed_from, split.speed_to)
-        selects: list[str] = []
-        params: tuple[Any, ...] = ()
-        for read in reads:
-            # A roll-up holds all countries' sum as rows of its own; a minute table has none.
-            region = country or (ALL_COUNTRIES if read.column == "hour" else None)
-            selects.append(
-                f"SELECT {key}, plays FROM {read.table} "
-                f"WHERE {read.column} >= ? AND {read.column} < ?"
-                + (" AND country = ?" if region else "")
-            )
-            params += (read.first, read.to) + ((region,) if region else ())
-        sql = (
-            f"SELECT {key}, SUM(plays) AS total FROM ({' UNION ALL '.join(selects)}) "
-            f"GROUP BY {key} HAVING total > 0 ORDER BY total DESC, {key} ASC"
-        )
-        if limit is not None:
-            sql += " LIMIT ?"
-            params += (limit,)
-        return connection.execute(sql, params).fetchall()
-
-    def trending(
-        self,
-        *,
-        country: str | None = None,
-        as_of: datetime | None = None,
-        window: int = DEFAULT_WINDOW_MIN,
-        limit: int = DEFAULT_LIMIT,
-    ) -> dict[str, Any]:
-        """CONTRACT section 6 trending JSON for (country, as-of, window, limit)."""
-        check_country(country), check_window(window), check_limit(limit)
-        with self.snapshot() as connection:
-            state = self.view_state(TRENDING.name, connection)
-            span = Window.ending_at(self._as_of(state, as_of), window)
-            split = split_window(span.start, span.end, state.batch_watermark)
-            rows = self._ranked(connection, TRENDING, split, country, limit)
-        return {**self._header(state, country, span.end, window), "titles": ranked_titles(rows)}
-
-    def discovery(
-        self,
-        *,
-        country: str | None = None,
-        as_of: datetime | None = None,
-        window: int = DEFAULT_WINDOW_MIN,
-    ) -> dict[str, Any]:
-        """CONTRACT section 6 discovery JSON: plays and share (4 decimals) per source."""
-        check_country(country), check_window(window)
-        with self.snapshot() as connection:
-            state = self.view_state(DISCOVERY.name, connection)
-            span = Window.ending_at(self._as_of(state, as_of), window)
-            split = split_window(span.start, span.end, state.batch_watermark)
-            rows = self._ranked(connection, DISCOVERY, split, country, None)
-        return {**self._header(state, country, span.end, window), "sources": shares(rows)}
-
-    def sessions(self, *, member_id: int, title_id: int | None = None) -> dict[str, Any]:
-        """A member's sessions ordered by session_start: batch ones that end before the batch
-        watermark, speed ones that end at or after it."""
-        if member_id < 0 or (title_id is not None and title_id < 0):
-            raise ServingError("member_id and title_id must be whole numbers >= 0")
-        title_filter = " AND title_id = ?" if title_id is not None else ""
-        extra = (title_id,) if title_id is not None else ()
-        with self.snapshot() as connection:
-            state = self.view_state(SESSIONS.name, connection)
-            cut = (
-                int(state.batch_watermark.timestamp()) * _MICROS if state.batch_watermark else None
-            )
-            columns = "title_id, session_start, session_end, events, watched_ms"
-            batch_rows = connection.execute(
-                f"SELECT {columns} FROM sessions_batch WHERE member_id = ?{title_filter} "
-                "AND session_end < ?",
-                (member_id, *extra, cut if cut is not None else -(2**62)),
-            ).fetchall()
-            speed_rows = connection.execute(
-                f"SELECT {columns} FROM sessions_speed WHERE member_id = ?{title_filter} "
-                "AND session_end >= ?",
-                (member_id, *extra, cut if cut is not None else -(2**62)),
-            ).fetchall()
-        rows = sorted([*batch_rows, *speed_rows], key=lambda r: (r[1], r[0], r[2]))
-        return {
-            "member_id": member_id,
-            "batch_watermark": iso(state.batch_watermark),
-            "speed_watermark": iso(state.speed_watermark),
-            "sessions": [
-                {
-                    "title_id": int(title),
-                    "session_start": iso(_from_micros(start)),
-                    "session_end": iso(_from_micros(end)),
-                    "events": int(events),
-                    "watched_ms": int(watched),
-                }
-                for title, start, end, events, watched in rows
-            ],
         }
 
     def summary(self) -> dict[str, Any]:
@@ -508,155 +278,7 @@ class ServingStore:
         return result
 
 
-# Refresh: lake -> store ---------------------------------------------------------------------
-
-
-@dataclass
-class RefreshReport:
-    """What one refresh of a view did (Dagster metadata: plain numbers)."""
-
-    view: str
-    batch_days_loaded: list[str] = field(default_factory=list)
-    batch_days_dropped: list[str] = field(default_factory=list)
-    batch_rows_loaded: int = 0
-    speed_batches_read: int = 0
-    speed_rows_read: int = 0
-    speed_rows_pruned: int = 0
-    speed_rebuilt: bool = False
-    batch_watermark: datetime | None = None
-    speed_watermark: datetime | None = None
-    duration_s: float = 0.0
-    rows: dict[str, int] = field(default_factory=dict)
-
-    def metadata(self) -> dict[str, Any]:
-        now = datetime.now(UTC)
-        metadata: dict[str, Any] = {
-            "batch_days_loaded": len(self.batch_days_loaded),
-            "batch_rows_loaded": self.batch_rows_loaded,
-            "speed_micro_batches_read": self.speed_batches_read,
-            "speed_rows_read": self.speed_rows_read,
-            "speed_rows_pruned": self.speed_rows_pruned,
-            "duration_s": round(self.duration_s, 3),
-            "batch_watermark": iso(self.batch_watermark) or "",
-            "speed_watermark": iso(self.speed_watermark) or "",
-            **{f"rows_{table}": count for table, count in self.rows.items()},
-        }
-        if self.batch_days_loaded:
-            metadata["batch_days"] = ", ".join(self.batch_days_loaded)
-        if self.speed_watermark is not None:
-            metadata["speed_watermark_lag_s"] = round(
-                (now - self.speed_watermark).total_seconds(), 1
-            )
-        if self.batch_watermark is not None:
-            metadata["batch_watermark_lag_h"] = round(
-                (now - self.batch_watermark).total_seconds() / 3600, 2
-            )
-        return metadata
-
-
-def computed_batch_days(lake: Lake, table: str) -> dict[date, str]:
-    """Days the batch layer has computed for `table`, each with a version of its computation:
-    the modification time of the day's state file, which every (re)computation rewrites last.
-    One listing, no file read per day (a year of days is one request on S3, not 365)."""
-    filesystem, base = pafs.FileSystem.from_uri(lake.location("_batch_state"))
-    infos = filesystem.get_file_info(pafs.FileSelector(f"{base}/{table}", allow_not_found=True))
-    days: dict[date, str] = {}
-    for info in infos:
-        if info.type != pafs.FileType.File or not info.base_name.endswith(".json"):
-            continue
-        try:
-            day = date.fromisoformat(info.base_name.removesuffix(".json"))
-        except ValueError:
-            continue
-        days[day] = str(info.mtime_ns)
-    return days
-
-
-def changed_days(computed: dict[date, str], held: dict[str, str]) -> list[date]:
-    """Computed days whose version the store does not hold (new or recomputed)."""
-    return sorted(day for day, version in computed.items() if held.get(day.isoformat()) != version)
-
-
-def committed_batches(settings: Settings, query: str) -> list[int]:
-    """Micro-batch ids whose output folder is complete: every `batch_id=<N>` folder of the
-    query's table up to the newest id in its commit log. (The commit log itself keeps only the
-    last 100 batches, spark.sql.streaming.minBatchesToRetain, so it cannot list them all.)"""
-    commits = Path(speed.checkpoint_of(settings, query)) / "commits"
-    if not commits.is_dir():
-        return []
-    latest = max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=None)
-    if latest is None:
-        return []
-    filesystem, path = pyarrow_filesystem(speed.SpeedPaths.from_settings(settings).table(query))
-    folders = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    ids = [
-        int(info.base_name.removeprefix("batch_id="))
-        for info in folders
-        if info.type == pafs.FileType.Directory
-        and info.base_name.startswith("batch_id=")
-        and info.base_name.removeprefix("batch_id=").isdigit()
-    ]
-    return sorted(batch_id for batch_id in ids if batch_id <= latest)
-
-
-def _read_parquet(uri: str, columns: Sequence[str]) -> pa.Table | None:
-    """The Parquet files of a folder (hidden ones skipped, as Spark does); None if absent."""
-    filesystem, path = pyarrow_filesystem(uri)
-    if filesystem.get_file_info(path).type != pafs.FileType.Directory:
-        return None
-    dataset = pads.dataset(path, filesystem=filesystem, format="parquet")
-    if dataset.schema.names == [] or not dataset.files:
-        return None
-    return dataset.to_table(columns=list(columns))
-
-
-def _epoch(column: pa.ChunkedArray, unit: str) -> list[int]:
-    """A timestamp column (Spark writes INT96 or micros) as epoch integers in `unit`."""
-    micros = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
-    if unit == "s":
-        micros = pc.divide(micros, _MICROS)
-    return micros.to_pylist()
-
-
-def _store_rows(spec: ViewSpec, table: pa.Table) -> list[tuple[Any, ...]]:
-    """Arrow rows of a view as store tuples (without dt), times as integers."""
-    if spec is SESSIONS:
-        return list(
-            zip(
-                table.column("member_id").to_pylist(),
-                table.column("title_id").to_pylist(),
-                _epoch(table.column("session_start"), "us"),
-                _epoch(table.column("session_end"), "us"),
-                table.column("events").to_pylist(),
-                table.column("watched_ms").to_pylist(),
-                strict=True,
-            )
-        )
-    return list(
-        zip(
-            _epoch(table.column("minute"), "s"),
-            table.column("country").to_pylist(),
-            table.column(spec.key).to_pylist(),
-            table.column("plays").to_pylist(),
-            strict=True,
-        )
-    )
-
-
-def _columns(spec: ViewSpec) -> tuple[str, ...]:
-    return batch.TABLE_COLUMNS[spec.batch_table]
-
-
-def _cut_value(spec: ViewSpec, watermark: datetime | None) -> int | None:
-    """The batch watermark in the unit of the view's time column in the store."""
-    if watermark is None:
-        return None
-    seconds = int(watermark.timestamp())
-    return seconds * _MICROS if spec is SESSIONS else seconds
-
-
-def _time_index(spec: ViewSpec) -> int:
-    return 3 if spec is SESSIONS else 0  # position of the split column in _store_rows tuples
+# Writes: batch days, speed deltas, pruning; each keeps the roll-up in step --------------------
 
 
 def _roll_up(
@@ -669,7 +291,7 @@ def _roll_up(
     if table not in spec.rolled_up or first >= to:
         return
     hourly, key = f"{table}_hourly", spec.key
-    hours = (_hour_floor(first), _hour_ceil(to))
+    hours = (hour_floor(first), hour_ceil(to))
     connection.execute(f"DELETE FROM {hourly} WHERE hour >= ? AND hour < ?", hours)
     connection.execute(
         f"INSERT INTO {hourly} SELECT {_HOUR_OF_MINUTE}, country, {key}, SUM(plays) "
@@ -692,7 +314,7 @@ def _add_to_roll_up(
     continuous refresh adds a few rows to a dense hour every few seconds)."""
     sums: Counter[tuple[int, str, Any]] = Counter()
     for minute, country, key, plays in rows:
-        hour = _hour_floor(minute)
+        hour = hour_floor(minute)
         sums[(hour, country, key)] += plays
         sums[(hour, ALL_COUNTRIES, key)] += plays
     connection.executemany(
@@ -709,9 +331,10 @@ def _span(minutes: Iterable[int | None]) -> tuple[int, int]:
     return (min(present), max(present) + 1) if present else (0, 0)
 
 
-def _insert_speed(
+def insert_speed(
     connection: sqlite3.Connection, spec: ViewSpec, rows: list[tuple[Any, ...]]
 ) -> None:
+    """Add speed rows (count deltas, or sessions) of new micro-batches, roll-up included."""
     if spec is SESSIONS:
         connection.executemany("INSERT INTO sessions_speed VALUES (?, ?, ?, ?, ?, ?)", rows)
         return
@@ -764,10 +387,10 @@ def replace_batch_day(
     computed_at: str,
     rows: Sequence[tuple[Any, ...]],
 ) -> int:
-    """Replace one batch day of a view (rows as `_store_rows` gives them, without dt), its
+    """Replace one batch day of a view (rows as the refresh reads them, without dt), its
     roll-up hours, and record which version it is, inside the caller's write transaction;
     returns the rows."""
-    placeholders = ", ".join("?" * (len(_columns(spec)) + 1))
+    placeholders = ", ".join("?" * (len(spec.columns) + 1))
     old = _delete_batch_day(connection, spec, dt)
     connection.executemany(
         f"INSERT INTO {spec.batch_store} VALUES ({placeholders})", [(dt, *row) for row in rows]
@@ -789,7 +412,7 @@ def load_batch_days(
     batch_watermark: datetime | None,
 ) -> int:
     """Put computed batch days ({dt: (computed_at, rows)}) into the store and set the view's
-    batch watermark, in one transaction: the batch half of `refresh_view` for callers that
+    batch watermark, in one transaction: the batch half of `refresh.refresh_view` for callers that
     have the rows already (benchmarks, imports). Returns the rows loaded."""
     spec = VIEWS[view]
     with store.writing() as connection:
@@ -801,127 +424,10 @@ def load_batch_days(
             "INSERT INTO views (view, batch_watermark, refreshed_at) VALUES (?, ?, ?) "
             "ON CONFLICT (view) DO UPDATE SET batch_watermark = excluded.batch_watermark, "
             "refreshed_at = excluded.refreshed_at",
-            (view, _seconds(batch_watermark) if batch_watermark else None, iso(datetime.now(UTC))),
-        )
-    return loaded
-
-
-def refresh_view(
-    settings: Settings, store: ServingStore, view: str, lake: Lake | None = None
-) -> RefreshReport:
-    """Bring one view of the store up to date with the lake: changed batch days, new speed
-    micro-batches, the batch watermark (pruning speed rows it covers) and the speed watermark.
-    """
-    started = time.monotonic()
-    spec = VIEWS[view]
-    lake = lake or Lake.from_settings(settings)
-    paths = speed.SpeedPaths.from_settings(settings)
-    report = RefreshReport(view)
-
-    computed = computed_batch_days(lake, spec.batch_table)
-    first_landed = batch.first_landed_day(lake)
-    first_day = max(settings.start_date, first_landed) if first_landed else None
-    batch_watermark = contiguous_watermark(first_day, computed)
-    speed_state = speed.read_speed_state(paths, spec.speed_query) or {}
-    speed_watermark = parse_iso(speed_state["watermark"]) if speed_state.get("watermark") else None
-
-    # The whole refresh holds the store's write lock: two refreshes at once (a sensor's run and
-    # `lambda-arch run`) would otherwise both add the same speed micro-batches.
-    with store.writing() as connection:
-        held = store.batch_days(view)
-        changed = changed_days(computed, held)
-        dropped = sorted(set(held) - {d.isoformat() for d in computed})
-        loaded: dict[str, tuple[str, list[tuple[Any, ...]]]] = {}
-        for day in changed:
-            table = _read_parquet(
-                f"{lake.location(spec.batch_table)}/dt={day.isoformat()}", _columns(spec)
-            )
-            rows = _store_rows(spec, table) if table is not None else []
-            loaded[day.isoformat()] = (computed[day], rows)
-
-        previous = store.view_state(view, connection)
-        committed = committed_batches(settings, spec.speed_query)
-        # A checkpoint that restarted (fewer batches than ingested), or a batch watermark that
-        # moved back (a day lost its state), needs speed rows the store has pruned: rebuild.
-        rebuild = (committed and committed[-1] < previous.speed_last_batch) or (
-            previous.batch_watermark is not None
-            and (batch_watermark is None or batch_watermark < previous.batch_watermark)
-        )
-        rebuild = bool(rebuild) or (not committed and previous.speed_last_batch >= 0)
-        after = -1 if rebuild else previous.speed_last_batch
-        new_batches = [b for b in committed if b > after]
-        cut = _cut_value(spec, batch_watermark)
-        position = _time_index(spec)
-        speed_rows: list[tuple[Any, ...]] = []
-        for batch_id in new_batches:
-            table = _read_parquet(
-                f"{paths.table(spec.speed_query)}/batch_id={batch_id}", _columns(spec)
-            )
-            if table is None:
-                continue
-            rows = _store_rows(spec, table)
-            report.speed_rows_read += len(rows)
-            speed_rows += [r for r in rows if cut is None or r[position] >= cut]
-
-        for dt in dropped:
-            drop_batch_day(connection, spec, dt)
-        for dt, (computed_at, rows) in loaded.items():
-            report.batch_rows_loaded += replace_batch_day(connection, spec, dt, computed_at, rows)
-        if rebuild:
-            prune_speed(connection, spec, None)
-        _insert_speed(connection, spec, speed_rows)
-        if cut is not None:
-            report.speed_rows_pruned = prune_speed(connection, spec, cut)
-        connection.execute(
-            "INSERT OR REPLACE INTO views VALUES (?, ?, ?, ?, ?)",
             (
                 view,
-                _seconds(batch_watermark) if batch_watermark else None,
-                _seconds(speed_watermark) if speed_watermark else None,
-                max(committed[-1] if committed else -1, -1),
+                epoch_seconds(batch_watermark) if batch_watermark else None,
                 iso(datetime.now(UTC)),
             ),
         )
-    report.batch_days_loaded = list(loaded)
-    report.batch_days_dropped = dropped
-    report.speed_batches_read = len(new_batches)
-    report.speed_rebuilt = rebuild
-    report.batch_watermark = batch_watermark
-    report.speed_watermark = speed_watermark
-    report.rows = store.row_counts(view)
-    report.duration_s = time.monotonic() - started
-    return report
-
-
-def refresh_all(settings: Settings, store: ServingStore | None = None) -> list[RefreshReport]:
-    """refresh_view for every view."""
-    store = store or ServingStore.from_settings(settings)
-    lake = Lake.from_settings(settings)
-    return [refresh_view(settings, store, view, lake) for view in VIEWS]
-
-
-def pending_views(settings: Settings, store: ServingStore | None = None) -> dict[str, str]:
-    """Views whose store lags the lake, with why: a batch day computed or recomputed since the
-    store loaded it, or speed micro-batches committed since the last refresh. Cheap: listings
-    and small state files only."""
-    store = store or ServingStore.from_settings(settings)
-    lake = Lake.from_settings(settings)
-    pending: dict[str, str] = {}
-    for name, spec in VIEWS.items():
-        held = store.batch_days(name)
-        computed = computed_batch_days(lake, spec.batch_table)
-        changed = [day.isoformat() for day in changed_days(computed, held)]
-        committed = committed_batches(settings, spec.speed_query)
-        last = store.view_state(name).speed_last_batch
-        if changed:
-            pending[name] = f"batch days {', '.join(changed[:5])}" + (
-                f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-            )
-        elif committed and committed[-1] != last:
-            pending[name] = f"speed micro-batches {last + 1}..{committed[-1]}"
-    return pending
-
-
-def dumps(document: dict[str, Any]) -> str:
-    """The JSON of an answer, as the CLI prints it and the HTTP API sends it."""
-    return json.dumps(document, separators=(", ", ": "))
+    return loaded

@@ -12,6 +12,7 @@ import assets.speed
 from assets.batch import BATCH_ASSETS
 from lambda_arch.common.config import Settings
 from lambda_arch.definitions import defs
+from lambda_arch.serving import answers
 from lambda_arch.serving.store import ServingStore
 from resources import build_resources
 from sensors.serving import serving_refresh_sensor
@@ -55,7 +56,7 @@ def test_speed_job_serves_what_it_counted_and_the_sensor_follows_batch_runs(
     assert order.index("landing") > order.index("sessions_serving")
 
     store = ServingStore.from_settings(speed_env)
-    whole = store.trending(as_of=datetime(2026, 3, 2, 2, 0, tzinfo=UTC), window=26 * 60)
+    whole = answers.trending(store, as_of=datetime(2026, 3, 2, 2, 0, tzinfo=UTC), window=26 * 60)
     assert whole["titles"] == [
         {"rank": 1, "title_id": 0, "plays": 20},
         {"rank": 2, "title_id": 1, "plays": 20},
@@ -79,7 +80,7 @@ def test_speed_job_serves_what_it_counted_and_the_sensor_follows_batch_runs(
     assert isinstance(sensor(instance), SkipReason)
 
     # Same answer, now mostly from the batch layer.
-    again = store.trending(as_of=datetime(2026, 3, 2, 2, 0, tzinfo=UTC), window=26 * 60)
+    again = answers.trending(store, as_of=datetime(2026, 3, 2, 2, 0, tzinfo=UTC), window=26 * 60)
     assert again["titles"] == whole["titles"]
     assert again["batch_watermark"] == "2026-03-02T00:00:00Z"
 
@@ -119,7 +120,7 @@ def test_views_stream_job_serves_while_it_runs_and_the_sensor_keeps_one_going(
         for e in result.asset_materializations_for_node("discovery_speed")
     )
     store = ServingStore.from_settings(speed_env)
-    answer = store.trending(as_of=datetime(2026, 3, 2, 2, 0, tzinfo=UTC), window=26 * 60)
+    answer = answers.trending(store, as_of=datetime(2026, 3, 2, 2, 0, tzinfo=UTC), window=26 * 60)
     assert [t["plays"] for t in answer["titles"]] == [20, 20, 19, 19]
 
     # A failed stream is retried after a pause, not on every tick.

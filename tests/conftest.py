@@ -94,6 +94,9 @@ def spark(session_home: Path):
     with pytest.MonkeyPatch.context() as patch:
         if "LAMBDA_ARCH_SHUFFLE_PARTITIONS" not in os.environ:
             patch.setenv("LAMBDA_ARCH_SHUFFLE_PARTITIONS", "4")
+        # What the CLI entry point sets: build_session leaves the environment alone.
+        if "SPARK_LOCAL_IP" not in os.environ:
+            patch.setenv("SPARK_LOCAL_IP", "127.0.0.1")
         settings = Settings(LAMBDA_ARCH_HOME=str(session_home), LAMBDA_ARCH_SPARK_MASTER="local[2]")
         session = build_session(settings, app_name="lambda-arch-tests")
         yield session

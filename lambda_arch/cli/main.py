@@ -5,6 +5,7 @@ Errors of any kind print one line on stderr and exit 2; tracebacks are for bugs 
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -461,6 +462,10 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one line on stderr and exit 2 on any error the user can act on."""
+    # The process's entry point, so the place to set its environment (library code does not):
+    # Spark's web UI binds SPARK_LOCAL_IP, else 0.0.0.0, and its launcher warns when it is
+    # unset. pyspark hands os.environ to the JVM it starts; the children of `up` inherit it.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from lambda_arch.runtime.broker import ServiceError
     from lambda_arch.runtime.java import JavaMissing
 

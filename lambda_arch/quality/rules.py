@@ -22,7 +22,6 @@ to the driver, so every frame is bounded before `toPandas()`:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -319,12 +318,14 @@ def _gx_context() -> Any:
     """One ephemeral GX context per process (each new one makes a temporary docs folder)."""
     global _GX_CONTEXT
     if _GX_CONTEXT is None:
-        # No usage statistics sent from checks (read when GX is imported).
-        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         context = gx.get_context(mode="ephemeral")
+        # No usage statistics from checks: the context's own setting, not GX_ANALYTICS_ENABLED
+        # in the process environment. (GX 1.24 ships no analytics client at all; this keeps
+        # it off should a release bring one back.)
+        context.enable_analytics(False)
         # Progress bars belong to a terminal, not to Dagster's captured logs.
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
         _GX_CONTEXT = context

@@ -37,7 +37,8 @@ JIT_OPTIONS = "-XX:-DontCompileHugeMethods"
 
 
 def spark_environment() -> dict[str, str]:
-    """Process environment Spark needs on a laptop: loopback driver, the venv's Python workers."""
+    """Environment of a Spark process we start (the Connect server): loopback, this venv's
+    Python for its workers. Never written into our own os.environ (see build_session)."""
     return {
         "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
         "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
@@ -251,8 +252,11 @@ def build_session(
 
     Derby admits one JVM per metastore folder: a second classic session on the same
     LAMBDA_ARCH_HOME in another process fails while the first runs.
+
+    The process environment is left alone. Every socket of a classic session binds
+    spark.driver.bindAddress (127.0.0.1); only the web UI (ui=True) binds SPARK_LOCAL_IP, else
+    0.0.0.0, and reads nothing else: the CLI entry point sets SPARK_LOCAL_IP for that.
     """
-    os.environ.update(spark_environment())
     from pyspark.sql import SparkSession
 
     remote = settings.spark_remote
@@ -266,4 +270,10 @@ def build_session(
     builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
     for key, value in local_session_conf(settings, ui=ui).items():
         builder = builder.config(key, value)
-    return builder.enableHiveSupport().getOrCreate()
+    session = builder.enableHiveSupport().getOrCreate()
+    # The Python that runs UDFs and Python data sources (in local mode and on a cluster's
+    # executors) is the SparkContext's pythonExec, which pyspark 4.3 takes from PYSPARK_PYTHON
+    # alone ("python3" on PATH otherwise, without this venv's packages): spark.pyspark.python
+    # does not reach it. Setting it here replaces writing PYSPARK_PYTHON into os.environ.
+    session.sparkContext.pythonExec = spark_environment()["PYSPARK_PYTHON"]
+    return session

@@ -48,6 +48,8 @@ def test_good_clean_events_pass_every_expectation() -> None:
     assert validation.rows == validation.checked_rows == 3
     assert validation.bad_rows == ()
     assert "passed" in validation.failures_markdown()
+    # Analytics are off through the GX context's setting, not the process environment.
+    assert quality._gx_context().config.analytics_enabled is False
 
 
 @pytest.mark.parametrize(

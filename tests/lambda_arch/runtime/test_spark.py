@@ -13,6 +13,7 @@ from lambda_arch.common.config import Settings
 from lambda_arch.runtime.spark import (
     JIT_OPTIONS,
     LOG4J2_PROPERTIES,
+    build_session,
     catalog_conf,
     local_session_conf,
     log4j_file,
@@ -130,13 +131,23 @@ def test_s3a_conf_of_a_plain_http_endpoint_and_the_session_conf() -> None:
 
 def test_build_session_gives_a_hive_session_in_its_home(spark, session_home: Path) -> None:
     """The suite's session (tests/conftest.py builds it with build_session)."""
+    from pyspark.sql import functions as F
+
     conf = spark.sparkContext.getConf()
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
     assert conf.get("spark.sql.catalogImplementation") == "hive"
     assert conf.get("spark.driver.host") == "127.0.0.1"
     assert conf.get("spark.ui.enabled") == "false"
     assert spark.conf.get("spark.sql.warehouse.dir").endswith(str(session_home / "warehouse"))
-    assert os.environ["SPARK_LOCAL_IP"] and os.environ["PYSPARK_PYTHON"]
+    # Python workers run this venv's Python without PYSPARK_PYTHON in our environment, and
+    # building a session writes nothing into os.environ (issue 11).
+    assert spark.sparkContext.pythonExec == os.environ.get("PYSPARK_PYTHON", sys.executable)
+    worker = spark.range(1).select(F.udf(lambda _: sys.executable, "string")("id")).first()[0]
+    assert worker == spark.sparkContext.pythonExec
+    environment = dict(os.environ)
+    settings = Settings(LAMBDA_ARCH_HOME=str(session_home), LAMBDA_ARCH_SPARK_MASTER="local[2]")
+    assert build_session(settings, app_name="lambda-arch-tests") is spark
+    assert dict(os.environ) == environment
     assert log4j_file(Settings(LAMBDA_ARCH_HOME=str(session_home))).exists()
     # A Hive table: its metadata in the home's Derby metastore, its folder in the warehouse.
     spark.sql("CREATE TABLE IF NOT EXISTS test_spark_probe (n INT) USING parquet")

@@ -125,14 +125,6 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> N
         process.wait()
 
 
-def pid_alive(pid: int) -> bool:
-    """True when pid runs (zombies count as gone)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 # Variables that point a process at a lambda-arch home, broker, Spark or Dagster instance.
 _SETTING_VARIABLES = ("KAFKA_BOOTSTRAP_SERVERS", "SPARK_REMOTE", "DAGSTER_HOME")
 

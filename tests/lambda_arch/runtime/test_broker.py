@@ -23,7 +23,7 @@ from lambda_arch.runtime.broker import (
     unreachable_message,
     wait_for_kafka,
 )
-from lambda_arch.runtime.processes import pid_alive
+from tests.process_helpers import pid_alive
 
 
 def test_tansu_binary_is_the_executable_of_the_wheel() -> None:

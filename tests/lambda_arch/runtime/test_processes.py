@@ -19,7 +19,6 @@ import pytest
 from lambda_arch.runtime.processes import (
     descendants,
     isolated_env,
-    pid_alive,
     pid_file_owner,
     spawn,
     spawn_env,
@@ -27,6 +26,7 @@ from lambda_arch.runtime.processes import (
     stop_process,
     write_pid_file,
 )
+from tests.process_helpers import pid_alive
 
 PY = sys.executable
 

@@ -226,6 +226,11 @@ class Settings(BaseSettings):
     def checkpoints_dir(self) -> Path:
         return self.home / "checkpoints"
 
+    @property
+    def topic_ends_file(self) -> Path:
+        """The ledger of the topic's end offsets per incarnation (lambda_arch.ingest.incarnations)."""
+        return self.home / "broker" / "topic-ends.json"
+
     @classmethod
     def from_env(cls) -> Settings:
         """Read the settings from the environment, raising ConfigError naming the bad variable."""

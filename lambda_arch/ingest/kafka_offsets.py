@@ -152,20 +152,67 @@ def offset_bounds(
     bootstrap: str, topic: str, partitions: Iterable[int] | None = None
 ) -> tuple[dict[int, int], dict[int, int]]:
     """(earliest, end) offsets per partition with one consumer: cheaper than two calls."""
+    bounds = topic_bounds(bootstrap, topic, partitions)
+    return bounds.earliest, bounds.end
+
+
+@dataclass(frozen=True)
+class TopicBounds:
+    """Earliest and end offsets per partition, and which incarnation of the topic they are of."""
+
+    earliest: dict[int, int]
+    end: dict[int, int]
+    topic_id: str | None  # None: the broker reports no topic ids (Kafka < 2.8)
+
+
+# Kafka answers the all-zero id for a topic without one.
+_NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def topic_id_of(consumer: KafkaConsumer, topic: str) -> str | None:
+    """The topic's id (KIP-516) from the metadata the consumer holds, or None.
+
+    Kafka >= 2.8 and Tansu answer Metadata v10+ with a topic id, which kafka-python keeps per
+    topic. A deleted and recreated topic, or a topic of a restarted in-memory broker, gets a new
+    one: the id tells incarnations of a topic apart where offsets cannot (both start at 0).
+    """
+    cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+    lookup = getattr(cluster, "topic_id", None)
+    found = lookup(topic) if callable(lookup) else None
+    text = str(found) if found is not None else None
+    return None if text in (None, "", _NO_TOPIC_ID) else text
+
+
+def topic_bounds(
+    bootstrap: str, topic: str, partitions: Iterable[int] | None = None
+) -> TopicBounds:
+    """offset_bounds plus the topic id, with one consumer."""
     with open_consumer(
         bootstrap,
         fetch_max_wait_ms=_PROBE_WAIT_MS,
         max_partition_fetch_bytes=_PROBE_FETCH_BYTES,
         fetch_max_bytes=_PROBE_FETCH_BYTES * 16,
     ) as consumer:
-        tps = _require_partitions(consumer, bootstrap, topic, partitions)
+        # Partitions from the metadata (also when given): that request brings the topic id.
+        present = _partitions(consumer, topic)
+        ids = sorted(partitions) if partitions is not None else present
+        if not ids or not present:
+            raise KafkaOffsetsError(f"topic {topic!r} does not exist at {bootstrap}")
+        tps = [TopicPartition(topic, p) for p in ids]
         earliest = {tp: int(o) for tp, o in consumer.beginning_offsets(tps).items()}
         listed = {tp: int(o) for tp, o in consumer.end_offsets(tps).items()}
         marks = _high_watermarks(consumer, tps, listed)
-        return (
+        return TopicBounds(
             {tp.partition: earliest[tp] for tp in tps},
             {tp.partition: max(listed[tp], marks[tp]) for tp in tps},
+            topic_id_of(consumer, topic),
         )
+
+
+def current_topic_id(bootstrap: str, topic: str) -> str | None:
+    """The topic's id now (None: no such topic, or a broker without topic ids)."""
+    with open_consumer(bootstrap) as consumer:
+        return topic_id_of(consumer, topic) if _partitions(consumer, topic) else None
 
 
 # Offsets for a time -----------------------------------------------------------------------------
@@ -336,13 +383,22 @@ def find_data_loss(
     return gaps
 
 
-def check_data_loss(bootstrap: str, topic: str, checkpoint: Mapping[int, int]) -> list[Gap]:
-    """find_data_loss against the broker's current offsets (e.g. before a run, for metadata)."""
+def check_data_loss(
+    bootstrap: str, topic: str, checkpoint: Mapping[int, int], *, topic_id: str | None = None
+) -> list[Gap]:
+    """find_data_loss against the broker's current offsets (e.g. before a run, for metadata).
+
+    `topic_id`: the incarnation the checkpoint is of. Offsets of another incarnation than the
+    broker's are no gap on this topic (the source reads the new one from its start; what the old
+    one lost is `lambda_arch.ingest.incarnations`' to count): [] then.
+    """
     present = partitions_of(bootstrap, topic)
     if not present:
         return find_data_loss(checkpoint, {}, {}, topic=topic)
-    earliest, end = offset_bounds(bootstrap, topic, present)
-    return find_data_loss(checkpoint, earliest, end, topic=topic)
+    bounds = topic_bounds(bootstrap, topic, present)
+    if topic_id is not None and bounds.topic_id is not None and topic_id != bounds.topic_id:
+        return []
+    return find_data_loss(checkpoint, bounds.earliest, bounds.end, topic=topic)
 
 
 def describe_gaps(gaps: Iterable[Gap]) -> str:

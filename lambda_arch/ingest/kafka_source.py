@@ -15,6 +15,9 @@
   message naming topic, partition and both offsets, unless `failOnDataLoss=false`: then reading
   continues from the earliest offset and the gap is logged. `pending_data_loss()` tells the same
   before a run, from a checkpoint folder.
+- A new incarnation of the topic (its Kafka topic id, kept with the offsets, changed: a
+  restarted in-memory broker, a recreated topic) is read from its start, whatever
+  failOnDataLoss says; `lambda_arch.ingest.incarnations` counts what the old one lost.
 - `read()` yields Arrow record batches, so Spark moves Arrow buffers, not Python rows.
 
 This module holds the Spark interfaces and their registration; the options are in
@@ -44,15 +47,23 @@ from pyspark.sql.streaming.datasource import (
 )
 
 from lambda_arch.ingest import kafka_offsets, kafka_options, kafka_reader, source_offsets
-from lambda_arch.ingest.kafka_offsets import Gap, end_offsets, offset_bounds, offsets_for_time
+from lambda_arch.ingest.kafka_offsets import (
+    Gap,
+    end_offsets,
+    offset_bounds,
+    offsets_for_time,
+    topic_bounds,
+)
 from lambda_arch.ingest.kafka_options import SourceOptions
 from lambda_arch.ingest.kafka_reader import SCHEMA_DDL, plan_partitions, read_partition
 from lambda_arch.ingest.source_offsets import (
     admit,
     decode_offsets,
     encode_offsets,
+    offsets_topic_id,
     resolve_offsets,
     resume_offsets,
+    resume_position,
 )
 
 if TYPE_CHECKING:
@@ -121,14 +132,15 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def initialOffset(self) -> dict:
         opts = self.options
-        earliest, end = offset_bounds(opts.bootstrap, opts.topic)
+        bounds = topic_bounds(opts.bootstrap, opts.topic)
+        earliest, end = bounds.earliest, bounds.end
         if opts.starting_timestamp is not None:
             start = offsets_for_time(
                 opts.bootstrap, opts.topic, opts.starting_timestamp, earliest=earliest, end=end
             )
         else:
             start = resolve_offsets(opts.starting_offsets, earliest, end)
-        return encode_offsets(start)
+        return encode_offsets(start, bounds.topic_id)
 
     def getDefaultReadLimit(self) -> ReadLimit:
         limit = self.options.max_events_per_batch
@@ -138,25 +150,33 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._target = end_offsets(self.options.bootstrap, self.options.topic)
 
     def latestOffset(self, start: dict, limit: ReadLimit) -> dict:
-        resume, _, end = resume_offsets(
-            self.options, decode_offsets(start), reported=self._reported
+        position = resume_position(
+            self.options,
+            decode_offsets(start),
+            topic_id=offsets_topic_id(start),
+            reported=self._reported,
         )
+        resume, end = position.resume, position.bounds.end
         self._latest = end
         if self._target is not None:
             # availableNow: nothing produced after the run started (partitions created since
             # then wait for the next run); never below the resume offset.
             end = {p: max(resume[p], min(end[p], self._target.get(p, resume[p]))) for p in end}
         max_rows = limit.max_rows if isinstance(limit, ReadMaxRows) else None
-        return encode_offsets(admit(resume, end, max_rows))
+        # The broker's topic id, or the one the offsets had when it reports none now.
+        topic_id = position.bounds.topic_id or offsets_topic_id(start)
+        return encode_offsets(admit(resume, end, max_rows), topic_id)
 
     def reportLatestOffset(self) -> dict | None:
         return None if self._latest is None else encode_offsets(self._latest)
 
     def partitions(self, start: dict, end: dict) -> list:
         first, last = decode_offsets(start), decode_offsets(end)
-        if first == last:
+        if first == last and offsets_topic_id(start) == offsets_topic_id(end):
             return []
-        resume, _, _ = resume_offsets(self.options, first, reported=self._reported)
+        resume, _, _ = resume_offsets(
+            self.options, first, topic_id=offsets_topic_id(start), reported=self._reported
+        )
         return plan_partitions(self.options.topic, resume, last)
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:

@@ -293,7 +293,7 @@ def run_produce(settings: Settings, request: ProduceRequest) -> ProduceSummary:
     producer = make_producer(bootstrap)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
-        return send_records(
+        summary = send_records(
             producer,
             topic,
             records,
@@ -307,3 +307,16 @@ def run_produce(settings: Settings, request: ProduceRequest) -> ProduceSummary:
     finally:
         signal.signal(signal.SIGTERM, previous)
         producer.close(timeout=10)
+    record_produced_ends(settings, topic)
+    return summary
+
+
+def record_produced_ends(settings: Settings, topic: str) -> None:
+    """Record the topic's end offsets once the records are acknowledged: if the broker loses
+    them before they are landed, the next speed run can count them
+    (lambda_arch.ingest.incarnations). Best effort: producing succeeded either way."""
+    from lambda_arch.ingest.incarnations import record_topic_ends
+    from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError
+
+    with contextlib.suppress(KafkaError, KafkaOffsetsError, OSError):
+        record_topic_ends(settings.topic_ends_file, settings.bootstrap_servers, topic)

@@ -1,4 +1,5 @@
-"""Alerts on failed asset checks and failed runs: records, the JSON-lines log, webhook delivery.
+"""Alerts on failed asset checks, failed runs and lost records: records, the JSON-lines log,
+webhook delivery.
 
 Dagster-free on purpose: the sensors in `sensors/alerts.py` turn Dagster events into `Alert`
 records and hand them to `publish`, which always appends them to `LAMBDA_ARCH_HOME/logs/
@@ -26,7 +27,7 @@ from typing import Any, Literal
 
 from lambda_arch.common.times import format_time, from_epoch_seconds
 
-AlertKind = Literal["check_failed", "run_failed"]
+AlertKind = Literal["check_failed", "run_failed", "data_lost"]
 
 # Ascending order: an alert passes a minimum when its severity is at or after it here.
 SEVERITIES: tuple[str, ...] = ("WARN", "ERROR")
@@ -172,6 +173,27 @@ def run_failed_alert(
         job_name=job_name,
         description=_clip(description),
         run_url=run_url(dagster_port, run_id),
+    )
+
+
+def data_lost_alert(
+    *,
+    asset_key: str,
+    message: str,
+    alert_id: str,
+    metadata: Mapping[str, Any],
+    timestamp: float | None = None,
+) -> Alert:
+    """The alert for records a query lost for good (e.g. with an old incarnation of the topic,
+    never landed): severity ERROR; raised by the speed layer itself, outside Dagster."""
+    return Alert(
+        kind="data_lost",
+        severity="ERROR",
+        time=iso_utc(time.time() if timestamp is None else timestamp),
+        message=message,
+        alert_id=alert_id,
+        asset_key=asset_key,
+        metadata=plain_metadata(metadata),
     )
 
 

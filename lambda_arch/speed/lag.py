@@ -10,8 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lambda_arch.ingest.kafka_offsets import offset_bounds
-from lambda_arch.ingest.source_offsets import checkpoint_offsets
+from lambda_arch.ingest.kafka_offsets import topic_bounds
+from lambda_arch.ingest.source_offsets import (
+    checkpoint_offsets,
+    checkpoint_topic_id,
+    new_incarnation,
+)
 
 
 @dataclass(frozen=True)
@@ -68,19 +72,30 @@ class TopicLag:
 
 
 def partition_lag(
-    end: Mapping[int, int], earliest: Mapping[int, int], checkpoint: Mapping[int, int] | None
+    end: Mapping[int, int],
+    earliest: Mapping[int, int],
+    checkpoint: Mapping[int, int] | None,
+    *,
+    renewed: bool = False,
 ) -> dict[int, int]:
     """Records per partition that a query has still to read: end - max(checkpoint, earliest).
 
     The one lag rule (sensors, asset metadata, tests). `checkpoint` is where a query stands (a
     checkpoint's or a run's end offsets); a partition it has not read yet, or a checkpoint
     below the earliest retained offset (records deleted by retention), counts only what is
-    still on the broker. A checkpoint beyond the end (a reset broker) counts as zero here:
-    data loss is the Kafka source's to report, with both offsets, when the query runs.
+    still on the broker. `renewed` (the checkpoint is of an older incarnation of the topic) and
+    a checkpoint beyond the end (a reset broker that reports no topic ids) count every record
+    on the broker: the query reads the new incarnation from its start (or, without ids, fails
+    on the gap with both offsets unless failOnDataLoss=false, and then reads from the start).
     """
     lag: dict[int, int] = {}
     for partition, last in end.items():
-        if checkpoint is None or partition not in checkpoint:
+        if (
+            renewed
+            or checkpoint is None
+            or partition not in checkpoint
+            or checkpoint[partition] > last
+        ):
             lag[partition] = max(0, last - earliest.get(partition, 0))
         else:
             lag[partition] = max(0, last - max(checkpoint[partition], earliest.get(partition, 0)))
@@ -89,9 +104,12 @@ def partition_lag(
 
 def measure_lag(bootstrap: str, topic: str, checkpoints: Mapping[str, str | Path]) -> TopicLag:
     """Ask the broker for the topic's offsets and compare them with each query's checkpoint."""
-    earliest, end = offset_bounds(bootstrap, topic)
+    bounds = topic_bounds(bootstrap, topic)
+    earliest, end = bounds.earliest, bounds.end
     queries = []
     for name, folder in checkpoints.items():
         resume = checkpoint_offsets(folder)
-        queries.append(QueryLag(name, partition_lag(end, earliest, resume), resume is not None))
+        renewed = new_incarnation(checkpoint_topic_id(folder), bounds.topic_id)
+        lag = partition_lag(end, earliest, resume, renewed=renewed)
+        queries.append(QueryLag(name, lag, resume is not None))
     return TopicLag(topic, dict(end), dict(earliest), queries)

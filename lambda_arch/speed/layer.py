@@ -24,6 +24,7 @@ late in the run's metadata, never in the view); a repeated event_id is counted o
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -38,10 +39,16 @@ from lambda_arch.common.config import Settings
 from lambda_arch.common.files import is_local, local_path, read_text, write_text
 from lambda_arch.common.storage import hadoop_uri, pyarrow_filesystem
 from lambda_arch.common.times import format_optional_time, format_time, parse_optional_time
-from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError, end_offsets
+from lambda_arch.ingest.incarnations import IncarnationLoss, incarnation_loss, read_ledger
+from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError, TopicBounds, topic_bounds
 from lambda_arch.ingest.kafka_options import source_options
 from lambda_arch.ingest.kafka_source import SOURCE_NAME, register_kafka_source
-from lambda_arch.ingest.source_offsets import pending_data_loss
+from lambda_arch.ingest.source_offsets import (
+    checkpoint_offsets,
+    checkpoint_topic_id,
+    new_incarnation,
+    pending_data_loss,
+)
 from lambda_arch.ingest.spark_schema import QUARANTINE_REASON_COLUMN, parse_events
 from lambda_arch.speed.streaming import (
     CheckpointBusyError,
@@ -79,6 +86,8 @@ QUERIES = (LANDING, TRENDING, DISCOVERY, SESSIONS)
 # The count views, by query name: what `stream_view` can run as a continuous query.
 STREAMED_VIEWS = {TRENDING: trending_counts, DISCOVERY: discovery_counts}
 STATE_DIR = "_state"
+
+log = logging.getLogger("lambda_arch.speed.layer")
 
 # Spark drops a row when event_time <= watermark, the contract only when it is older (<). One
 # extra millisecond of delay makes the two agree for millisecond times (what producers send):
@@ -337,7 +346,7 @@ def _run(
     # What this run owes its caller: every record on the topic now. When another run holds the
     # checkpoint (a continuous query of views_stream_job, an overlapping sensor or CLI run), it
     # is enough that the holder has committed past these offsets.
-    target = _end_offsets(settings)
+    target = _bounds(settings)
     deadline = time.monotonic() + lock_timeout_s
     while True:
         # Measured before the run: afterwards the checkpoint has moved past the gap. (When data
@@ -347,6 +356,7 @@ def _run(
             if settings.fail_on_data_loss
             else pending_data_loss(checkpoint, settings.bootstrap_servers, settings.topic)
         )
+        loss = pending_incarnation_loss(settings, checkpoint, target)
         try:
             report = run_available_now(
                 name,
@@ -360,17 +370,22 @@ def _run(
             )
             break
         except CheckpointBusyError:
-            caught_up = _caught_up_by_holder(name, checkpoint, target)
+            caught_up = _caught_up_by_holder(name, checkpoint, target, settings)
             if caught_up is not None:
                 state = read_speed_state(paths, name) or {}
                 return replace(caught_up, watermark=parse_optional_time(state.get("watermark")))
             if time.monotonic() >= deadline:
                 raise
     state = _save_state(paths, name, settings, report)
+    if loss is not None:
+        report_loss(settings, name, loss)
     # Report the contract's watermark (latest event time seen - lateness), not Spark's
     # (1 ms less, see SPARK_WATERMARK_MARGIN), and also after a run that read nothing.
     return replace(
-        report, watermark=parse_optional_time(state.get("watermark")), data_loss=tuple(gaps)
+        report,
+        watermark=parse_optional_time(state.get("watermark")),
+        data_loss=tuple(gaps),
+        incarnation_loss=loss,
     )
 
 
@@ -378,21 +393,62 @@ def _run(
 _BUSY_PROBE_S = 1.0
 
 
-def _end_offsets(settings: Settings) -> dict[int, int] | None:
+def _bounds(settings: Settings) -> TopicBounds | None:
     try:
-        return end_offsets(settings.bootstrap_servers, settings.topic)
+        return topic_bounds(settings.bootstrap_servers, settings.topic)
     except KafkaOffsetsError:
         return None  # the run itself will say what is wrong with the broker
 
 
+def pending_incarnation_loss(
+    settings: Settings, checkpoint: str, bounds: TopicBounds | None = None
+) -> IncarnationLoss | None:
+    """What the next run from `checkpoint` finds lost with an old incarnation of the topic
+    (lambda_arch.ingest.incarnations); None when the topic is the checkpoint's incarnation (or
+    either id is unknown)."""
+    previous = checkpoint_topic_id(checkpoint) if is_local(checkpoint) else None
+    bounds = bounds or _bounds(settings)
+    if bounds is None or not new_incarnation(previous, bounds.topic_id):
+        return None
+    assert previous is not None and bounds.topic_id is not None
+    return incarnation_loss(
+        read_ledger(settings.topic_ends_file),
+        settings.topic,
+        checkpoint_offsets(checkpoint) or {},
+        previous,
+        bounds.topic_id,
+    )
+
+
+def report_loss(settings: Settings, name: str, loss: IncarnationLoss) -> None:
+    """Log the loss; for the landing (records never landed are lost to both layers) also alert
+    (logs/alerts.jsonl and the webhook) unless nothing was lost for sure. The views' own losses
+    are in their run metadata: the batch layer counts whatever was landed."""
+    line = loss.describe(name)
+    log.warning("%s", line)
+    if name != LANDING or (loss.precision == "exact" and loss.total == 0):
+        return
+    from lambda_arch.quality import alerts
+
+    alert = alerts.data_lost_alert(
+        asset_key="play_events_raw",
+        message=line,
+        alert_id=f"data_lost:{name}:{loss.previous_id}:{loss.current_id}",
+        metadata={"query": name, "topic": loss.topic, **loss.metadata()},
+    )
+    alerts.publish([alert], settings.logs_dir, settings.alert_webhook)
+
+
 def _caught_up_by_holder(
-    name: str, checkpoint: str, target: dict[int, int] | None
+    name: str, checkpoint: str, target: TopicBounds | None, settings: Settings
 ) -> StreamReport | None:
     """A report of no work when the checkpoint's holder has committed every target offset."""
     committed = committed_offsets(checkpoint)
     if target is None or committed is None:
         return None
-    if any(committed.get(partition, 0) < offset for partition, offset in target.items()):
+    if pending_incarnation_loss(settings, checkpoint, target) is not None:
+        return None  # the holder's offsets are of an older incarnation
+    if any(committed.get(partition, 0) < offset for partition, offset in target.end.items()):
         return None
     return StreamReport(
         name=name,

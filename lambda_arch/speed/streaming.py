@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lambda_arch.common.times import EPOCH, format_time, parse_optional_time
+from lambda_arch.ingest.incarnations import IncarnationLoss
 from lambda_arch.ingest.kafka_offsets import Gap, KafkaDataLossError
-from lambda_arch.ingest.source_offsets import checkpoint_offsets
+from lambda_arch.ingest.source_offsets import TOPIC_ID_KEY, checkpoint_offsets
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -145,6 +146,8 @@ class StreamReport:
     # True: another run held the checkpoint and had already committed every record this run
     # was asked for (a continuous query, say), so this one read nothing itself.
     caught_up_by_holder: bool = False
+    # The topic was a new incarnation when the run started: what the old one took with it.
+    incarnation_loss: IncarnationLoss | None = None
 
     def metadata(self) -> dict[str, int | float | str]:
         """Flat plain values for Dagster metadata (timestamps as ISO text, offsets as JSON)."""
@@ -174,6 +177,8 @@ class StreamReport:
                     for g in self.data_loss
                 ]
             )
+        if self.incarnation_loss is not None:
+            result.update(self.incarnation_loss.metadata())
         for key, value in sorted(self.observed.items()):
             result[f"observed.{key}"] = int(value) if float(value).is_integer() else value
         return result
@@ -192,9 +197,13 @@ def _offsets(value: Any) -> dict[int, int] | None:
             value = json.loads(value)
         except ValueError:
             return None
-    if not isinstance(value, dict) or not all(str(k).lstrip("-").isdigit() for k in value):
+    if not isinstance(value, dict):
         return None
-    return {int(k): int(v) for k, v in value.items()}
+    # The source keeps its topic id next to the partitions' offsets (source_offsets).
+    partitions = {k: v for k, v in value.items() if str(k).lstrip("-").isdigit()}
+    if len(partitions) < len(value) - (TOPIC_ID_KEY in value):
+        return None
+    return {int(k): int(v) for k, v in partitions.items()}
 
 
 def _progress_dict(progress: Any) -> dict[str, Any]:

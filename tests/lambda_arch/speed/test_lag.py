@@ -18,8 +18,12 @@ def test_partition_lag_counts_from_the_checkpoint_or_the_earliest_offset() -> No
     earliest = {0: 0, 1: 2, 2: 0}
     assert partition_lag(end, earliest, None) == {0: 10, 1: 3, 2: 7}
     assert partition_lag(end, earliest, {0: 4, 1: 1}) == {0: 6, 1: 3, 2: 7}
-    # A checkpoint past the end (a reset broker) is the source's to report, not negative lag.
-    assert partition_lag(end, earliest, {0: 50, 1: 5, 2: 7}) == {0: 0, 1: 0, 2: 0}
+    # A checkpoint past the end (a reset broker without topic ids) is no negative lag: the run
+    # reads (or fails on) the whole partition again.
+    assert partition_lag(end, earliest, {0: 50, 1: 5, 2: 7}) == {0: 10, 1: 0, 2: 0}
+    # A checkpoint of an older incarnation of the topic: everything on the broker is to read,
+    # also where the new end has passed the old checkpoint (it was counted as 0 or 6 before).
+    assert partition_lag(end, earliest, {0: 4, 1: 5, 2: 7}, renewed=True) == {0: 10, 1: 3, 2: 7}
 
 
 def test_topic_lag_metadata_is_plain_numbers_per_partition() -> None:

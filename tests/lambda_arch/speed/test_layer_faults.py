@@ -5,9 +5,8 @@
   the stream and the views go on with the valid ones;
 - session stitching on generated traffic against an independent stitcher (CONTRACT section 3);
 - SIGKILL of a speed process in the middle of a micro-batch, then a rerun: no duplicate, no gap;
-- a restarted in-memory broker: the runners fail with a message naming topic, partition and
-  both offsets; the source's `failOnDataLoss=false` lets a run go on and its report shows where
-  the offsets jumped.
+- a restarted in-memory broker (a new incarnation of the topic): read from its start, every
+  post-restart event landed and counted, the records lost with the old one counted and alerted;
 """
 
 from __future__ import annotations
@@ -44,23 +43,26 @@ from lambda_arch.batch.lake import (
 )
 from lambda_arch.common.config import Settings
 from lambda_arch.ingest.generator import TrafficConfig, generate
+from lambda_arch.ingest.incarnations import record_topic_ends
 from lambda_arch.ingest.kafka_offsets import end_offsets
-from lambda_arch.ingest.kafka_options import source_options
-from lambda_arch.ingest.kafka_source import SOURCE_NAME, register_kafka_source
+from lambda_arch.ingest.kafka_source import register_kafka_source
 from lambda_arch.ingest.producer import ensure_topic, make_producer
 from lambda_arch.ingest.schema import PlayEvent, Rejection, parse_payload
 from lambda_arch.ingest.source_offsets import checkpoint_offsets
+from lambda_arch.quality.alerts import read_alerts
 from lambda_arch.runtime.broker import EmbeddedBroker, free_port
+from lambda_arch.speed.lag import measure_lag
 from lambda_arch.speed.layer import (
     SpeedPaths,
     checkpoint_of,
+    checkpoints_of,
     read_sessions_speed,
     read_trending_speed,
     run_landing,
     run_sessions_speed,
     run_trending_speed,
 )
-from lambda_arch.speed.streaming import StreamDataLossError, StreamReport, run_available_now
+from lambda_arch.speed.streaming import StreamReport
 
 REPO = Path(__file__).resolve().parents[3]
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -664,121 +666,87 @@ def test_sigkill_mid_micro_batch_then_rerun_has_no_duplicate_and_no_gap(
     assert trending_view(spark, paths) == expected_trending(list(valid.values()))
 
 
-# 5. Data loss after a broker restart -------------------------------------------------------------
+# 5. A new incarnation of the topic (a restarted memory broker) ---------------------------------
 
 
-def count_batch(batch_df, batch_id: int) -> None:
-    batch_df.count()
-
-
-def raw_writer(spark, bootstrap: str, topic: str, **options: Any):
-    register_kafka_source(spark)
-    return (
-        spark.readStream.format(SOURCE_NAME)
-        .options(**source_options(bootstrap, topic, max_events_per_batch=50, **options))
-        .load()
-        .writeStream.foreachBatch(count_batch)
-    )
-
-
-def test_data_loss_after_a_broker_restart_fails_the_speed_runs_unless_told_to_go_on(
+@pytest.mark.timeout(600)  # restarts brokers; several speed runs
+def test_a_restarted_memory_broker_is_read_from_its_start_and_its_loss_counted(
     spark, tmp_path: Path
 ) -> None:
+    """Issue 12: after a restart of a memory broker the topic starts again at offset 0 under a
+    new topic id. Once the new end passes the old checkpoints, the old code went on from them and
+    never landed or counted the first records of every partition. Now every post-restart event
+    is landed and counted, and what the old broker took with it is counted exactly."""
     port = free_port()
     name = f"test-loss-{uuid.uuid4().hex[:8]}"
     lake = Lake(str(tmp_path / "warehouse"), f"loss_{uuid.uuid4().hex[:10]}")
     paths = SpeedPaths(str(tmp_path / "speed"))
-    raw_checkpoint, locks = str(tmp_path / "raw-checkpoint"), tmp_path / "locks"
 
     first = EmbeddedBroker(port, log_path=tmp_path / "broker-1.log").start()
     try:
         ensure_topic(first.bootstrap_servers, name, 2)
         topic = Topic(first.bootstrap_servers, name, 2)
-        topic.send(
-            [
-                (i % 2, play(f"a{i}", START + timedelta(seconds=i), title_id=i % 3))
-                for i in range(120)
-            ]
-        )
-        settings = speed_settings(tmp_path / "home", topic, max_events=50)
+        landed = [(i % 2, play(f"a{i}", START + timedelta(seconds=i), title_id=i % 3))
+                  for i in range(120)]  # fmt: skip
+        topic.send(landed)
+        settings = speed_settings(tmp_path / "home", topic, max_events=1000)
+        assert settings.fail_on_data_loss  # the default: retention gaps still fail runs
         assert run_trending_speed(spark, settings, paths).events_read == 120
         assert run_landing(spark, settings, lake).events_read == 120
-        raw = raw_writer(spark, first.bootstrap_servers, name)
-        assert run_available_now("raw", raw, raw_checkpoint, lock_dir=locks).events_read == 120
-        view = trending_view(spark, paths)
-        assert view == expected_trending(list(topic.valid().values()))
+        old_checkpoint = checkpoint_offsets(checkpoint_of(settings, "landing"))
+        # Produced, acknowledged, never landed: lost with the broker. `up` records the end
+        # offsets every few seconds and, marked final, as it stops its broker.
+        record_topic_ends(settings.topic_ends_file, topic.bootstrap, name)
+        topic.send([(i % 2, play(f"a{i}", START + timedelta(seconds=i))) for i in range(120, 160)])
+        record_topic_ends(settings.topic_ends_file, topic.bootstrap, name, final=True)
     finally:
         first.stop()
-    resume = {0: 60, 1: 60}
+    # The loss, recomputed from what was produced: per partition, produced - landed.
+    produced = Counter(p for p, _ in topic.records)
+    want_lost = {p: produced[p] - old_checkpoint[p] for p in (0, 1)}
+    assert want_lost == {0: 20, 1: 20}
 
     second = EmbeddedBroker(port, log_path=tmp_path / "broker-2.log").start()  # memory lost
     try:
         ensure_topic(second.bootstrap_servers, name, 2)
         restarted = Topic(second.bootstrap_servers, name, 2)
         restarted.send(
-            [(i % 2, play(f"b{i}", START + timedelta(minutes=3, seconds=i))) for i in range(30)]
+            [(i % 2, play(f"b{i}", START + timedelta(minutes=3, seconds=i))) for i in range(200)]
         )
-        end = {0: 15, 1: 15}
+        end = end_offsets(second.bootstrap_servers, name)
+        assert all(end[p] > old_checkpoint[p] for p in (0, 1))  # the new end passed the old
+        lag = measure_lag(second.bootstrap_servers, name, checkpoints_of(settings))
+        assert {q.query: q.total for q in lag.queries if q.started} == {
+            "landing": 200, "trending_speed": 200
+        }  # fmt: skip
 
-        # The speed runners (as the Dagster assets call them) fail with one clear line.
-        for query, checkpoint, run in (
-            ("trending_speed", checkpoint_of(settings, "trending_speed"),
-             lambda: run_trending_speed(spark, settings, paths)),
-            ("landing", checkpoint_of(settings, "landing"), lambda: run_landing(spark, settings, lake)),
-        ):  # fmt: skip
-            with pytest.raises(StreamDataLossError) as failure:
-                run()
-            message = str(failure.value)
-            assert "\n" not in message, message
-            assert message.startswith(f"streaming query '{query}' failed: KafkaDataLossError: ")
-            for p in (0, 1):
-                assert (
-                    f"topic '{name}' partition {p}: the checkpoint is at offset {resume[p]} but "
-                    f"the broker's end offset is {end[p]}"
-                ) in message, message
-            assert "failOnDataLoss=false" in message
-            # Nothing was committed or written.
-            assert checkpoint_offsets(checkpoint) == resume
-        assert trending_view(spark, paths) == view
-        assert read_play_events(spark, lake).count() == 120
-
-        # The same failure from the generic runner with the source's default ...
-        with pytest.raises(StreamDataLossError, match=f"topic '{name}' partition 0"):
-            run_available_now(
-                "raw",
-                raw_writer(spark, second.bootstrap_servers, name),
-                raw_checkpoint,
-                lock_dir=locks,
-            )
-        assert checkpoint_offsets(raw_checkpoint) == resume
-        # ... and with failOnDataLoss=false the run goes on from the earliest offsets; the
-        # report (and its metadata) shows the jump: it started at the old checkpoint offsets
-        # and ended below them, having read only what the new broker holds.
-        report = run_available_now(
-            "raw",
-            raw_writer(spark, second.bootstrap_servers, name, failOnDataLoss=False),
-            raw_checkpoint,
-            lock_dir=locks,
+        landing = run_landing(spark, settings, lake)
+        trending = run_trending_speed(spark, settings, paths)
+        for report in (landing, trending):
+            assert report.events_read == 200
+            loss = report.incarnation_loss
+            assert loss is not None and loss.lost == want_lost, report.name
+            assert (loss.total, loss.precision, loss.incarnations) == (40, "exact", 1)
+            metadata = report.metadata()
+            assert metadata["records_lost"] == 40 and metadata["records_lost_p0"] == 20
+            assert metadata["records_lost_precision"] == "exact"
+        # Every event of both incarnations that was landed before the restart or produced
+        # after it is in the lake once, and counted once by the view.
+        want = {f"a{i}" for i in range(120)} | {f"b{i}" for i in range(200)}
+        events = [r.event_id for r in read_play_events(spark, lake).select("event_id").collect()]
+        assert sorted(events) == sorted(want)
+        valid = [v for k, v in topic.valid().items() if k in {(i % 2, i // 2) for i in range(120)}]
+        assert trending_view(spark, paths) == expected_trending(
+            valid + list(restarted.valid().values())
         )
-        assert report.events_read == 30
-        assert (report.start_offsets, report.offsets) == (resume, end)
-        metadata = report.metadata()
-        assert json.loads(str(metadata["start_offsets"])) == {"0": 60, "1": 60}
-        assert json.loads(str(metadata["offsets"])) == {"0": 15, "1": 15}
-        assert checkpoint_offsets(raw_checkpoint) == end
-
-        # The speed runners with LAMBDA_ARCH_FAIL_ON_DATA_LOSS=false go on too and report the
-        # gap per partition in their metadata.
-        going_on = settings.model_copy(update={"fail_on_data_loss": False})
-        report = run_trending_speed(spark, going_on, paths)
-        assert report.events_read == 30
-        assert [(g.partition, g.kind, g.checkpoint, g.end) for g in report.data_loss] == [
-            (0, "reset", 60, 15),
-            (1, "reset", 60, 15),
+        # One alert, for the landing: records never landed are lost to both layers.
+        alerts = read_alerts(settings.logs_dir / "alerts.jsonl")
+        assert [(a["kind"], a["severity"], a["metadata"]["records_lost"]) for a in alerts] == [
+            ("data_lost", "ERROR", 40)
         ]
-        metadata = report.metadata()
-        assert metadata["data_loss_partitions"] == 2
-        assert json.loads(str(metadata["data_loss"]))[0]["checkpoint"] == 60
-        assert run_trending_speed(spark, going_on, paths).data_loss == ()
+        assert "40 records" in alerts[0]["message"] and name in alerts[0]["message"]
+        # The next runs are on the new incarnation: nothing lost, nothing alerted again.
+        assert run_landing(spark, settings, lake).incarnation_loss is None
+        assert len(read_alerts(settings.logs_dir / "alerts.jsonl")) == 1
     finally:
         second.stop()

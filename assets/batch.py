@@ -6,6 +6,7 @@ overwrite exactly that day's partition, report rows per day. A range of days (a 
 in one Spark run (`BackfillPolicy.single_run()`).
 """
 
+from collections.abc import Mapping
 from datetime import date
 
 from dagster import (
@@ -17,6 +18,11 @@ from dagster import (
     MetadataValue,
     asset,
 )
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
 
 from assets.speed import RAW_ASSET
 from lambda_arch.batch import layer as batch
@@ -24,6 +30,7 @@ from lambda_arch.batch.lake import Lake
 from lambda_arch.common.config import definition_settings
 from lambda_arch.common.tags import SPARK_BATCH, SPARK_RUN_TAG
 from lambda_arch.serving.ranking import markdown_table
+from lambda_arch.speed.layer import lock_dir_of
 from resources import LambdaArchSettings, SparkResource
 
 GROUP = "batch"
@@ -43,6 +50,21 @@ SINGLE_RUN = BackfillPolicy.single_run()
 def partition_days(context: AssetExecutionContext) -> list[date]:
     """The days of this run: one partition, or the whole range of a single-run backfill."""
     return [batch.parse_day(key) for key in context.partition_keys]
+
+
+def tagged_days(tags: Mapping[str, str]) -> list[date] | None:
+    """The days a run's tags name: its partition, or its single-run range; None without them
+    (an unpartitioned run, or one whose range the batch layer cannot read)."""
+    try:
+        if PARTITION_NAME_TAG in tags:
+            return [batch.parse_day(tags[PARTITION_NAME_TAG])]
+        if ASSET_PARTITION_RANGE_START_TAG in tags and ASSET_PARTITION_RANGE_END_TAG in tags:
+            first = batch.parse_day(tags[ASSET_PARTITION_RANGE_START_TAG])
+            last = batch.parse_day(tags[ASSET_PARTITION_RANGE_END_TAG])
+            return batch.days_between(first, last)
+    except batch.BatchError:
+        pass
+    return None
 
 
 def day_metadata(results: list[batch.DayResult]) -> dict[str, object]:
@@ -77,13 +99,25 @@ def _batch_asset(table: str, deps: list[AssetKey], description: str):
         context: AssetExecutionContext, settings: LambdaArchSettings, spark: SparkResource
     ) -> MaterializeResult:
         days = partition_days(context)
-        lake = Lake.from_settings(settings.get())
-        results = batch.compute_days(spark.session(), lake, days, [table])
+        config = settings.get()
+        lake = Lake.from_settings(config)
+        # The lake's batch-writer lock, taken in the core: a run launched by anyone else that
+        # is writing these tables makes this one wait (logged, and in the metadata).
+        write = batch.write_days(
+            spark.session(),
+            lake,
+            days,
+            [table],
+            lock_dir=lock_dir_of(config),
+            owner=f"run {context.run_id} ({context.job_name})",
+            log=context.log.info,
+        )
+        results = write.results
         context.log.info(
             f"{table}: {len(days)} day(s) {days[0]}..{days[-1]}, "
             f"{sum(r.rows for r in results)} rows"
         )
-        return MaterializeResult(metadata=day_metadata(results))
+        return MaterializeResult(metadata={**day_metadata(results), **write.lock.metadata()})
 
     return _asset
 

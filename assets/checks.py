@@ -13,6 +13,7 @@ single-run backfill, from the run's tags); run on its own, the latest materializ
 """
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -30,13 +31,8 @@ from dagster import (
     build_sensor_for_freshness_checks,
     build_time_partition_freshness_checks,
 )
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    PARTITION_NAME_TAG,
-)
 
-from assets.batch import BATCH_ASSETS
+from assets.batch import BATCH_ASSETS, tagged_days
 from assets.speed import (
     QUARANTINE_ASSET,
     RAW_ASSET,
@@ -72,13 +68,9 @@ _CHECK_TAGS = {"lambda_arch/check": "quality"}
 
 def run_days(context: AssetCheckExecutionContext, asset_key: AssetKey) -> list[date]:
     """The days of this run (partition or single-run range), else the latest materialized one."""
-    tags = context.run.tags
-    if PARTITION_NAME_TAG in tags:
-        return [batch.parse_day(tags[PARTITION_NAME_TAG])]
-    if ASSET_PARTITION_RANGE_START_TAG in tags and ASSET_PARTITION_RANGE_END_TAG in tags:
-        first = batch.parse_day(tags[ASSET_PARTITION_RANGE_START_TAG])
-        last = batch.parse_day(tags[ASSET_PARTITION_RANGE_END_TAG])
-        return batch.days_between(first, last)
+    days = tagged_days(context.run.tags)
+    if days is not None:
+        return days
     event = context.instance.get_latest_materialization_event(asset_key)
     partition = (
         event.asset_materialization.partition if event and event.asset_materialization else None
@@ -169,6 +161,13 @@ def _session_and_lake(
     return config, session, lake
 
 
+def reading_batch_tables(
+    context: AssetCheckExecutionContext, config: Settings, lake: Lake
+) -> AbstractContextManager[Any]:
+    """The lake's batch-writer lock, shared: checks read while no other run writes."""
+    return batch.reading_batch(lake, speed.lock_dir_of(config), owner=f"check run {context.run_id}")
+
+
 @asset_check(
     asset=RAW_ASSET,
     name="raw_events_expectations",
@@ -235,18 +234,21 @@ def _batch_check(
         if not days:
             return validation_result(_empty(table, scope))
         config, session, lake = _session_and_lake(settings, spark)
-        frame = batch.read_batch_view(session, lake, table, days)
-        validation = validate_table(
-            table,
-            frame,
-            schema,
-            columns(),
-            expectations,
-            config,
-            scope=scope,
-            unique_keys=unique_keys,
-            shares=shares,
-        )
+        # Shared with other readers, never with a writer: another run overwriting these days
+        # would delete the files under this read (lambda_arch.batch.layer.write_days).
+        with reading_batch_tables(context, config, lake):
+            frame = batch.read_batch_view(session, lake, table, days)
+            validation = validate_table(
+                table,
+                frame,
+                schema,
+                columns(),
+                expectations,
+                config,
+                scope=scope,
+                unique_keys=unique_keys,
+                shares=shares,
+            )
         return validation_result(validation, days=len(days))
 
     return _check
@@ -347,21 +349,23 @@ def speed_matches_batch(
     ranges = quality.covered_range(fresh, watermark_at)
     session = spark.session()
     batch.ensure_batch_tables(session, lake)
-    batch_view = batch.read_batch_view(session, lake, batch.TRENDING_TABLE, fresh).drop("dt")
-    differences = quality.bucket_differences(
-        batch_view, speed.read_trending_speed(session, paths), ranges
-    )
     landing = speed.read_speed_state(paths, speed.LANDING) or {}
     landing_ahead, speed_ahead = quality.offset_gaps(
         {p: int(o) for p, o in (landing.get("offsets") or {}).items()},
         {p: int(o) for p, o in (state.get("offsets") or {}).items()},
     )
-    result = quality.reconcile(
-        differences,
-        late_events_total=int(state.get("late_events_total") or 0),
-        landing_ahead=landing_ahead,
-        speed_ahead=speed_ahead,
-    )
+    # The frames are lazy: the Spark jobs of `reconcile` read the batch table, under the lock.
+    with reading_batch_tables(context, config, lake):
+        batch_view = batch.read_batch_view(session, lake, batch.TRENDING_TABLE, fresh).drop("dt")
+        differences = quality.bucket_differences(
+            batch_view, speed.read_trending_speed(session, paths), ranges
+        )
+        result = quality.reconcile(
+            differences,
+            late_events_total=int(state.get("late_events_total") or 0),
+            landing_ahead=landing_ahead,
+            speed_ahead=speed_ahead,
+        )
     context.log.info(f"speed vs batch: {result.summary()}")
     last_speed = context.instance.get_latest_materialization_event(trending_speed.key)
     last_late = (

@@ -22,20 +22,24 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from assets.batch import DAILY
+from assets.batch import BATCH_ASSETS, DAILY
 from assets.jobs import BATCH_JOB_NAME, batch_job
 from lambda_arch.batch import layer as batch
 from resources import LambdaArchSettings
-from sensors.runs import job_in_flight
+from sensors.runs import runs_in_flight
 
 BATCH_SENSOR_INTERVAL_S = 60
+BATCH_ASSET_KEYS = [asset.key for asset in BATCH_ASSETS]
 # After a failed batch run the sensors wait this long before asking again (no retry storm).
 FAILURE_BACKOFF = timedelta(minutes=5)
 
 
 def batch_run_in_flight(context: SensorEvaluationContext) -> bool:
-    """Whether a batch run is queued or running (it will compute what is owed)."""
-    return job_in_flight(context.instance, BATCH_JOB_NAME)
+    """Whether a batch run is queued or running (it will compute what is owed): a batch_job
+    run, or a run of the batch assets launched otherwise (a UI backfill, `dagster asset
+    materialize`). Overlaps that slip through (two launches in one instant) wait on the
+    batch-writer lock (lambda_arch.batch.layer.write_days), they never fail."""
+    return bool(runs_in_flight(context.instance, BATCH_JOB_NAME, BATCH_ASSET_KEYS))
 
 
 def recent_failure(context: SensorEvaluationContext) -> str | None:

@@ -19,6 +19,7 @@ FIXTURE_MARKS = {"spark": "jvm", "broker": "broker"}
 FILE_MARKS: dict[str, tuple[str, ...]] = {
     "assets/test_batch_cli.py": ("jvm", "broker"),  # the Dagster CLI runs batch_job
     "lambda_arch/cli/test_run.py": ("jvm", "broker"),  # `lambda-arch run`
+    "lambda_arch/cli/test_run_beside_sensors.py": ("jvm", "broker"),  # `up`, then `run`
     "lambda_arch/common/test_storage.py": ("jvm",),  # a Spark child against an S3 server
     "lambda_arch/runtime/test_spark_connect.py": ("jvm",),  # its own Connect server
     "lambda_arch/runtime/test_stack.py": ("jvm", "broker"),  # `lambda-arch up`

@@ -16,7 +16,8 @@ D-1 is read whole, so a session that ends on D is exact when it lasted less than
 Every day is written with a static `INSERT OVERWRITE ... PARTITION (dt=D)`: a rerun replaces
 exactly that day (an empty result empties it), never another one, and the rows come out sorted,
 so reruns are stable in content. A backfill of a range runs the days one after another in one
-Spark session.
+Spark session, holding the lake's batch-writer lock (a file lock in LAMBDA_ARCH_HOME/locks, the
+speed checkpoints' mechanism): whoever launched two overlapping runs, the second waits.
 
 Staleness: before computing D, `day_signature` counts the raw rows D's answers depend on (rows
 of D-1 and D from the landed file names, no scan; rows of D+1 before 00:30 from the event_time
@@ -28,9 +29,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
@@ -39,6 +42,7 @@ import pyarrow.parquet as pq
 
 from lambda_arch.batch.lake import EVENTS_SCHEMA, EVENTS_TABLE, Lake, read_play_events
 from lambda_arch.common.files import write_bytes
+from lambda_arch.common.locks import LockBusyError, LockHold, file_lock, lock_path
 from lambda_arch.common.storage import pyarrow_filesystem
 from lambda_arch.common.times import parse_optional_time
 from lambda_arch.ingest.spark_schema import SPARK_EVENT_COLUMNS
@@ -234,7 +238,11 @@ def _write_day(spark: SparkSession, lake: Lake, table: str, frame: DataFrame, da
 def compute_day(
     spark: SparkSession, lake: Lake, day: date, tables: Sequence[str] = BATCH_VIEWS
 ) -> list[DayResult]:
-    """Recompute `tables` for one day from the raw history and record the day's state."""
+    """Recompute `tables` for one day from the raw history and record the day's state.
+
+    Takes no lock: runs that may overlap write through write_days (or compute_days), which
+    hold the lake's batch-writer lock; this is for a caller that owns the lake alone (a test
+    or benchmark lake of its own)."""
     unknown = sorted(set(tables) - set(BATCH_VIEWS))
     if unknown:
         raise BatchError(f"unknown batch tables {unknown}; expected some of {list(BATCH_VIEWS)}")
@@ -251,11 +259,106 @@ def compute_day(
     return results
 
 
-def compute_days(
+def compute_tables(
     spark: SparkSession, lake: Lake, days: Sequence[date], tables: Sequence[str] = BATCH_VIEWS
 ) -> list[DayResult]:
-    """compute_day for every day, in order (a backfill of a range in one Spark session)."""
+    """compute_day for every day, in order, without a lock (write_days holds it around this)."""
     return [result for day in days for result in compute_day(spark, lake, day, tables)]
+
+
+def compute_days(
+    spark: SparkSession,
+    lake: Lake,
+    days: Sequence[date],
+    tables: Sequence[str] = BATCH_VIEWS,
+    *,
+    lock_dir: Path,
+    owner: str = "",
+    log: Callable[[str], None] | None = None,
+) -> list[DayResult]:
+    """compute_day for every day, in order (a backfill of a range in one Spark session), under
+    the lake's batch-writer lock (see write_days)."""
+    return write_days(spark, lake, days, tables, lock_dir=lock_dir, owner=owner, log=log).results
+
+
+# One writer at a time -----------------------------------------------------------------------------
+
+# How long a batch write waits for another run's write of the same lake. A seven-month range
+# takes minutes; a holder that dies releases the lock at once (flock), so only a hung holder
+# makes a waiter give up, with a message naming it.
+BATCH_LOCK_TIMEOUT_S = 4 * 3600.0
+
+
+@dataclass(frozen=True)
+class BatchWrite:
+    """What one locked write did: the days' results and the lock holding (wait, times)."""
+
+    results: list[DayResult]
+    lock: LockHold
+
+
+def batch_lock_path(lock_dir: Path, lake: Lake) -> Path:
+    """The lake's batch-writer lock: one per database location, for all four batch tables.
+
+    One lock, not one per table: the views read play_events_clean while they are written, and
+    sessions read raw neighbours, so a writer of one table is a reader of another; a single
+    lock cannot deadlock and costs nothing (the writes of one lake run one after another on
+    the same Spark cores anyway).
+    """
+    return lock_path(lock_dir, f"{lake.database_location}#batch-writer")
+
+
+def write_days(
+    spark: SparkSession,
+    lake: Lake,
+    days: Sequence[date],
+    tables: Sequence[str] = BATCH_VIEWS,
+    *,
+    lock_dir: Path,
+    owner: str = "",
+    log: Callable[[str], None] | None = None,
+    lock_timeout_s: float = BATCH_LOCK_TIMEOUT_S,
+) -> BatchWrite:
+    """Recompute `tables` for `days` holding the lake's batch-writer lock for the whole write.
+
+    This is where every launcher meets (a sensor, the schedule, `lambda-arch run`, a UI or CLI
+    backfill): a run that finds another run writing waits until it is done, then writes; two
+    `INSERT OVERWRITE`s of one table never overlap (they would delete each other's
+    `_temporary` folder and both fail). `log` hears when and for whom a run waits.
+    """
+
+    def waiting(holder: str, waited_s: float) -> None:
+        if log is not None:
+            log(
+                f"batch tables of {lake.database} are being written by {holder}; waiting "
+                f"({waited_s:.0f} s so far)"
+            )
+
+    path = batch_lock_path(lock_dir, lake)
+    try:
+        with file_lock(path, timeout_s=lock_timeout_s, owner=owner, on_wait=waiting) as hold:
+            if hold.waited_for and log is not None:
+                log(f"waited {hold.waited_s:.1f} s for the batch-writer lock ({hold.waited_for})")
+            results = compute_tables(spark, lake, days, tables)
+    except LockBusyError as busy:
+        raise BatchError(
+            f"batch tables of {lake.database} stayed locked by {busy.holder} for "
+            f"{busy.waited_s:g} s ({busy.path}); is that run hung?"
+        ) from None
+    return BatchWrite(results, hold)
+
+
+@contextmanager
+def reading_batch(
+    lake: Lake, lock_dir: Path, *, owner: str = "", timeout_s: float = BATCH_LOCK_TIMEOUT_S
+) -> Iterator[LockHold]:
+    """Hold the batch-writer lock shared while reading batch tables (checks): readers run side
+    by side, a writer waits for them and they for it, so no read sees a partition mid-overwrite
+    (its files deleted under it)."""
+    with file_lock(
+        batch_lock_path(lock_dir, lake), timeout_s=timeout_s, owner=owner, shared=True
+    ) as hold:
+        yield hold
 
 
 # State and staleness (no Spark: file listings and one column of D+1 hour 0) ----------------------

@@ -175,8 +175,12 @@ def headless_run(current: Settings) -> None:
     """Run speed_job, then batch_job for every complete day that is missing or stale, in this
     process and recorded in the Dagster instance of LAMBDA_ARCH_HOME (the UI shows these runs).
 
-    Next to `lambda-arch up` it shares the Connect server (one metastore owner) and waits on the
-    speed queries' checkpoint locks, so it never races the runs its sensors launch.
+    Next to `lambda-arch up` it shares the Connect server (one metastore owner) and reuses the
+    work its sensors, schedule and backfills have in flight: it waits for in-flight speed runs
+    before its own (which then reads only what is left), and for in-flight batch runs and
+    backfills covering the days it owes, then plans again and launches only what is still
+    owed. Should two launches still meet, the speed checkpoints' and the batch tables' locks
+    make the later one wait: never two writers at once.
     """
     from dagster import DagsterInstance
 
@@ -191,6 +195,7 @@ def headless_run(current: Settings) -> None:
     # The home's instance by its folder, not through DAGSTER_HOME: the process environment
     # stays as the user set it (every run here executes in this process).
     with DagsterInstance.from_config(str(current.dagster_home)) as instance:
+        _await_speed_runs(instance)
         click.echo("speed layer: catching up with the topic ...")
         speed = defs.resolve_job_def("speed_job").execute_in_process(
             instance=instance, tags={"lambda_arch/reason": "cli-run"}, raise_on_error=False
@@ -203,8 +208,7 @@ def headless_run(current: Settings) -> None:
                 f"  {event.asset_key.to_user_string()}: "
                 f"{read.value if read is not None else '?'} events read"
             )
-        owed = batch.plan(current)
-        days = sorted({*owed.missing, *owed.stale})
+        owed, days, reused = _owed_after_work_in_flight(current, instance, defs)
         if not days:
             click.echo(
                 f"batch layer: nothing owed ({len(owed.complete)} complete days, "
@@ -222,8 +226,8 @@ def headless_run(current: Settings) -> None:
                 instance=instance, tags=tags, raise_on_error=False
             )
             _check_run(f"batch_job {first}..{last}", result)
-        # speed_job refreshed the store; batch runs change it again.
-        if days:
+        # speed_job refreshed the store; batch runs (ours, or those we waited for) change it.
+        if days or reused:
             click.echo("serving layer: refreshing the store ...")
             result = defs.resolve_job_def("serving_job").execute_in_process(
                 instance=instance, tags={"lambda_arch/reason": "cli-run"}, raise_on_error=False
@@ -238,6 +242,108 @@ def headless_run(current: Settings) -> None:
             f"speed watermark {summary['speed_watermark'] or '-'}"
         )
     click.echo(f"done in {seconds:.1f} s")
+
+
+# How often `run` looks at the runs it waits for, and how long it waits for others' work in
+# flight at most: the locks keep overlapping writers apart anyway, so past this bound (a run
+# whose worker died stays STARTED in an instance without run monitoring) `run` goes ahead.
+_IN_FLIGHT_POLL_S = 2.0
+IN_FLIGHT_WAIT_S = 3600.0
+
+
+def _await_runs(instance: Any, describe: dict[str, str], deadline: float) -> None:
+    """Wait until none of the runs `describe` names (run id -> text) is queued or running."""
+    import time
+
+    from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+
+    waiting = dict(describe)
+    began = time.monotonic()
+    for text in waiting.values():
+        click.echo(f"  waiting for {text} ...")
+    while waiting:
+        if time.monotonic() >= deadline:
+            click.echo(
+                f"  stopped waiting after {time.monotonic() - began:.0f} s: {', '.join(waiting.values())}"
+            )
+            return
+        time.sleep(_IN_FLIGHT_POLL_S)
+        for run_id in list(waiting):
+            run = instance.get_run_by_id(run_id)
+            if run is None or run.status not in NOT_FINISHED_STATUSES:
+                status = run.status.value.lower() if run is not None else "gone"
+                click.echo(
+                    f"  {waiting.pop(run_id)}: {status} after {time.monotonic() - began:.0f} s"
+                )
+
+
+def _await_speed_runs(instance: Any) -> None:
+    """Wait for speed_job runs in flight (the lag sensor's, say): they read the topic this run
+    would read, and ours then only reads what they left (no two speed runs on the 2 cores)."""
+    import time
+
+    from assets.jobs import SPEED_JOB_NAME
+    from sensors.runs import runs_in_flight
+
+    runs = runs_in_flight(instance, SPEED_JOB_NAME)
+    if runs:
+        click.echo("speed layer: a speed run is in flight; reusing it")
+        _await_runs(
+            instance,
+            {run.run_id: f"speed_job run {run.run_id[:8]}" for run in runs},
+            time.monotonic() + IN_FLIGHT_WAIT_S,
+        )
+
+
+def _owed_after_work_in_flight(
+    current: Settings, instance: Any, defs: Any
+) -> tuple[Any, list[Any], bool]:
+    """(batch plan, days to launch, whether other work was waited for): the owed days once the
+    batch runs and backfills in flight that cover some of them have finished (they may have
+    computed them, or failed: then they are still owed)."""
+    import time
+
+    from assets.batch import BATCH_ASSETS
+    from assets.jobs import BATCH_JOB_NAME
+    from lambda_arch.batch import layer as batch
+    from sensors.runs import batch_work_in_flight
+
+    keys = [asset.key for asset in BATCH_ASSETS]
+    graph = defs.resolve_asset_graph()
+    deadline = time.monotonic() + IN_FLIGHT_WAIT_S
+    reused = False
+    while True:
+        owed = batch.plan(current)
+        days = sorted({*owed.missing, *owed.stale})
+        if not days or time.monotonic() >= deadline:
+            return owed, days, reused
+        work = [
+            w
+            for w in batch_work_in_flight(instance, BATCH_JOB_NAME, keys, graph)
+            if w.overlaps(days)
+        ]
+        if not work:
+            return owed, days, reused
+        reused = True
+        click.echo(
+            f"batch layer: {len(days)} owed days are being computed already; reusing that work"
+        )
+        runs = {w.id: f"batch {w.describe()}" for w in work if w.kind == "run"}
+        if runs:
+            _await_runs(instance, runs, deadline)
+        elif _backfill_daemon_alive(instance):
+            # Backfills between runs: their next run starts within a daemon tick.
+            time.sleep(_IN_FLIGHT_POLL_S)
+        else:
+            return owed, days, reused  # no daemon launches their runs: nothing to wait for
+
+
+def _backfill_daemon_alive(instance: Any) -> bool:
+    """Whether a Dagster daemon (`lambda-arch up`'s) is launching backfill runs right now."""
+    import time
+
+    heartbeat = instance.get_daemon_heartbeats().get("BACKFILL")
+    return heartbeat is not None and time.time() - heartbeat.timestamp < 120
 
 
 def _definitions() -> Any:

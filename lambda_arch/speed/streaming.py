@@ -11,10 +11,7 @@ No Dagster here: `StreamReport.metadata()` is a flat dict that the Dagster layer
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
 import re
 import threading
 import time
@@ -25,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lambda_arch.common.locks import LockBusyError, file_lock, lock_path
 from lambda_arch.common.times import EPOCH, format_time, parse_optional_time
 from lambda_arch.ingest.incarnations import IncarnationLoss
 from lambda_arch.ingest.kafka_offsets import Gap, KafkaDataLossError
@@ -65,46 +63,19 @@ class StreamTimeoutError(StreamFailedError):
 # Locking ------------------------------------------------------------------------------------
 
 
-def lock_path(lock_dir: Path, checkpoint: str) -> Path:
-    """The lock file of a checkpoint: its last path part plus a hash of the whole location."""
-    location = str(checkpoint).rstrip("/")
-    if "://" not in location:
-        location = os.path.abspath(location)
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", location.rsplit("/", 1)[-1])[:60] or "checkpoint"
-    digest = hashlib.sha1(location.encode()).hexdigest()[:12]
-    return Path(lock_dir) / f"{base}-{digest}.lock"
-
-
 @contextmanager
 def checkpoint_lock(lock_dir: Path, checkpoint: str, *, timeout_s: float) -> Iterator[Path]:
-    """Hold the checkpoint's exclusive lock; wait up to timeout_s, then CheckpointBusyError.
-
-    flock locks belong to the open file, so they exclude other threads of this process as well
-    as other processes, and the OS releases them when a process dies (no stale locks).
-    """
+    """Hold the checkpoint's exclusive lock (lambda_arch.common.locks, the batch layer's
+    mechanism too); wait up to timeout_s, then CheckpointBusyError."""
     path = lock_path(lock_dir, checkpoint)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + max(timeout_s, 0.0)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = path.read_text().strip() or "unknown"
-                    raise CheckpointBusyError(
-                        f"checkpoint {checkpoint} is in use by another run ({holder}); waited "
-                        f"{timeout_s:g} s for its lock {path}"
-                    ) from None
-                time.sleep(0.1)
-        # Who holds it, for the message of the next caller.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} thread {threading.get_ident()}\n".encode(), 0)
-        yield path
-    finally:
-        os.close(fd)  # releases the lock
+        with file_lock(path, timeout_s=timeout_s):
+            yield path
+    except LockBusyError as busy:
+        raise CheckpointBusyError(
+            f"checkpoint {checkpoint} is in use by another run ({busy.holder}); waited "
+            f"{timeout_s:g} s for its lock {path}"
+        ) from None
 
 
 # Report -------------------------------------------------------------------------------------

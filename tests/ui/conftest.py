@@ -8,8 +8,6 @@ whatever of its process tree is still alive), and the fixture fails when anythin
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,34 +15,26 @@ from typing import Any
 import pytest
 
 from lambda_arch.runtime.broker import free_port
-from tests.ui.stack import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, UI_TIMEOUT_MS, Stack, stack_env
+from tests.ui.stack import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    UI_TIMEOUT_MS,
+    Stack,
+    running_stack,
+    stack_env,
+)
 
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     """`lambda-arch up --no-traffic` in a temp home with free ports, up and answering."""
-    home = tmp_path / "home"
-    dagster_port = free_port()
-    env = stack_env(home, free_port(), dagster_port, free_port())
-    out_path, err_path = tmp_path / "up.out", tmp_path / "up.err"
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "lambda_arch.cli", "up", "--no-traffic"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            env=env,
-            cwd=tmp_path,
-            start_new_session=True,  # its own process group: no terminal signal reaches it
-        )
-    running = Stack(process, home, env, dagster_port, out_path, err_path)
-    try:
-        running.wait_until_up()
+    env = stack_env(tmp_path / "home", free_port(), free_port(), free_port())
+    with running_stack(tmp_path, env) as running:
         yield running
-    finally:
-        leftovers = running.stop()
+    leftovers = running.leftovers
     assert leftovers == [], f"still running after up stopped (killed now): {leftovers}"
-    assert process.returncode == 0, running.output()
+    assert running.process.returncode == 0, running.output()
 
 
 @pytest.fixture

@@ -7,10 +7,11 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class Stack:
     err_path: Path
     seen: dict[int, psutil.Process] = field(default_factory=dict)
     up_s: float = 0.0  # seconds from start to "lambda-arch is up"
+    leftovers: list[str] = field(default_factory=list)  # what stop() had to kill
 
     @property
     def url(self) -> str:
@@ -148,3 +150,27 @@ def stack_env(home: Path, broker_port: int, dagster_port: int, connect_port: int
             "LAMBDA_ARCH_SHUFFLE_PARTITIONS": "4",
         }
     )
+
+
+@contextlib.contextmanager
+def running_stack(tmp_path: Path, env: dict[str, str]) -> Iterator[Stack]:
+    """`lambda-arch up --no-traffic` with `env` (stack_env's, say), up; stopped by PID on exit
+    (the caller asserts what a clean stop means to it)."""
+    home = Path(env["LAMBDA_ARCH_HOME"])
+    out_path, err_path = tmp_path / "up.out", tmp_path / "up.err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lambda_arch.cli", "up", "--no-traffic"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,  # its own process group: no terminal signal reaches it
+        )
+    running = Stack(process, home, env, int(env["LAMBDA_ARCH_DAGSTER_PORT"]), out_path, err_path)
+    try:
+        running.wait_until_up()
+        yield running
+    finally:
+        running.leftovers = running.stop()

@@ -206,7 +206,7 @@ def test_batch_views_equal_a_plain_python_recomputation_including_late_data(spar
     assert stale_days(lake, DAYS[:1]) == [DAYS[0]]
     assert batch.missing_days(lake, DAYS) == DAYS[1:]
 
-    compute_days(spark, lake, DAYS)
+    compute_days(spark, lake, DAYS, lock_dir=settings.home / "locks")
     payloads = [r.value for r in records] + [late]
     for day in DAYS:
         assert_day_matches(spark, lake, day, payloads)
@@ -233,7 +233,7 @@ def test_batch_views_equal_a_plain_python_recomputation_including_late_data(spar
 
 
 def test_an_empty_day_empties_its_partition_and_only_its_own(spark, landing) -> None:
-    _, lake, send, land = landing
+    settings, lake, send, land = landing
     plays = [
         {**LATE_PLAY, "event_id": f"p{i}", "event_time": f"2026-03-0{d}T10:0{i}:00Z"}
         for d in (1, 2)
@@ -241,7 +241,7 @@ def test_an_empty_day_empties_its_partition_and_only_its_own(spark, landing) -> 
     ]
     send([(b"3", json.dumps(p).encode()) for p in plays])
     land()
-    compute_days(spark, lake, DAYS[:2])
+    compute_days(spark, lake, DAYS[:2], lock_dir=settings.home / "locks")
     assert read_batch_view(spark, lake, TRENDING_TABLE, DAYS[:2]).count() == 6
     # Day 3 has no events: computing it writes empty partitions and leaves days 1-2 alone.
     results = compute_day(spark, lake, DAYS[2])

@@ -46,7 +46,7 @@ def main(days: list[date]) -> dict:
         speed_rows = read_trending_speed(spark, SpeedPaths.from_settings(settings)).collect()
         timings["speed_s"] = time.monotonic() - started
         started = time.monotonic()
-        results = compute_days(spark, lake, days)
+        results = compute_days(spark, lake, days, lock_dir=settings.home / "locks")
         timings["batch_s"] = time.monotonic() - started
         rows = read_batch_view(spark, lake, TRENDING_TABLE, days).collect()
         # Where the catalog says the tables live (s3a:// for an S3 warehouse).

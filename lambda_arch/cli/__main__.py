@@ -1,5 +1,5 @@
-"""`python -m lambda_arch.cli`: the same entry point as the `lambda-arch` script."""
+"""`python -m lambda_arch.cli`: the same entry point, and exit status, as the `lambda-arch` script."""
 
 from lambda_arch.cli.main import main
 
-main()
+raise SystemExit(main())

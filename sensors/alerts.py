@@ -9,8 +9,14 @@ launches included) or reported outside one.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from itertools import takewhile
+from typing import Any
 
 from dagster import (
     AssetCheckEvaluation,
@@ -26,6 +32,7 @@ from dagster import (
     run_failure_sensor,
     sensor,
 )
+from dagster._core.scheduler.instigation import TickStatus
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
@@ -215,4 +222,152 @@ def run_failure_alert_sensor(
     context.log.info(f"{alert.message}; {_publish(context.log, [alert], config)}")
 
 
-ALERT_SENSORS: list[SensorDefinition] = [check_failure_alert_sensor, run_failure_alert_sensor]
+# Sensor and schedule failures -------------------------------------------------------------------
+
+# Ticks read per sensor: the lag sensor ticks every 10 s, so 200 cover half an hour of one
+# failure; a longer one is still the same failure (see InstigatorFailure.episode).
+TICK_HISTORY = 200
+_FINISHED_TICKS = (TickStatus.SUCCESS, TickStatus.SKIPPED, TickStatus.FAILURE)
+
+
+@dataclass(frozen=True)
+class InstigatorFailure:
+    """A sensor or schedule whose latest evaluation failed."""
+
+    name: str
+    since: float  # epoch seconds of the first failing tick of the current run of failures
+    at: float  # epoch seconds of the latest failing tick
+    error: str  # one line: the project's error, without Dagster's wrappers
+    description: str  # the whole error with its stack
+    signature: str  # alerts.error_signature: what makes two ticks' failures the same
+    # Tick id where failures of this signature began; None when they began before the ticks
+    # read (then a stored alert of the same signature is still this failure).
+    episode: int | None
+
+
+def _tick_error(error: SerializableErrorInfo) -> tuple[str, str, str]:
+    """(one line, whole text, signature) of a failed tick's error.
+
+    The innermost cause is the reason: Dagster wraps what a sensor raised in its own errors
+    (SensorExecutionError, DagsterUserCodeProcessError), whose messages say only that the
+    sensor failed."""
+    root = error
+    while root.cause is not None:
+        root = root.cause
+    message = (root.message or "").strip()
+    line = message.splitlines()[0] if message else (root.cls_name or "error")
+    signature = alerts.error_signature(root.cls_name or "", message)
+    return line, error.to_string().strip(), signature
+
+
+def _fails_with(signature: str, tick: Any) -> bool:
+    return bool(tick.error) and _tick_error(tick.error)[2] == signature
+
+
+def instigator_failures(
+    instance: DagsterInstance, history: int = TICK_HISTORY
+) -> dict[str, InstigatorFailure]:
+    """Every sensor and schedule of the instance whose latest finished tick failed.
+
+    Dagster records each evaluation as a tick (status and error) in the instance, whatever
+    raised: a corrupt checkpoint, an unreachable broker, a bug. Reading ticks sees every
+    sensor without wrapping each one's code.
+    """
+    failures: dict[str, InstigatorFailure] = {}
+    for state in instance.all_instigator_state():
+        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=history)
+        finished = sorted(
+            (tick for tick in ticks if tick.status in _FINISHED_TICKS),
+            key=lambda tick: tick.timestamp,
+            reverse=True,
+        )
+        if not finished or finished[0].status != TickStatus.FAILURE or not finished[0].error:
+            continue
+        line, description, signature = _tick_error(finished[0].error)
+        streak = list(takewhile(lambda tick: tick.status == TickStatus.FAILURE, finished))
+        same = list(takewhile(partial(_fails_with, signature), streak))
+        began_before_history = len(same) == len(finished) and len(ticks) >= history
+        failures[state.instigator_name] = InstigatorFailure(
+            name=state.instigator_name,
+            since=streak[-1].timestamp,
+            at=finished[0].timestamp,
+            error=line,
+            description=description,
+            signature=signature,
+            episode=None if began_before_history else same[-1].tick_id,
+        )
+    return failures
+
+
+def _already_alerted(failure: InstigatorFailure, alerted: dict[str, Any] | None) -> bool:
+    if not alerted or alerted.get("signature") != failure.signature:
+        return False
+    stored = alerted.get("episode")
+    return stored is None or failure.episode is None or stored == failure.episode
+
+
+def sensor_failure_alerts(
+    failures: dict[str, InstigatorFailure], cursor: dict[str, Any]
+) -> tuple[list[alerts.Alert], dict[str, Any]]:
+    """(alerts to publish, the new cursor): one alert per distinct failure. The cursor keeps
+    what was alerted for each sensor failing now; a sensor that recovered drops out of it, so
+    failing again alerts again, as does a failure with another signature."""
+    found = []
+    new_cursor: dict[str, Any] = {}
+    for name, failure in sorted(failures.items()):
+        alerted = cursor.get(name)
+        if _already_alerted(failure, alerted):
+            new_cursor[name] = alerted
+            continue
+        episode = f"{hashlib.sha1(failure.signature.encode()).hexdigest()[:10]}"
+        episode += f":{failure.episode if failure.episode is not None else 'ongoing'}"
+        found.append(
+            alerts.sensor_failed_alert(
+                sensor=name,
+                timestamp=failure.at,
+                since=failure.since,
+                error=failure.error,
+                description=failure.description,
+                episode=episode,
+            )
+        )
+        new_cursor[name] = {"signature": failure.signature, "episode": failure.episode}
+    return found, new_cursor
+
+
+@sensor(
+    minimum_interval_seconds=ALERT_SENSOR_INTERVAL_S,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Alerts when a sensor or schedule fails (its tick records an error): once per distinct "
+        "failure (sensor and error signature), again when the error changes or after the "
+        "sensor recovered and failed again; logs/alerts.jsonl and LAMBDA_ARCH_ALERT_WEBHOOK."
+    ),
+)
+def sensor_failure_alert_sensor(
+    context: SensorEvaluationContext, settings: LambdaArchSettings
+) -> SensorResult:
+    config = settings.get()
+    try:
+        cursor = json.loads(context.cursor) if context.cursor else {}
+    except ValueError:
+        cursor = {}  # reset from the UI, or garbage: alert on what fails now
+    failures = instigator_failures(context.instance)
+    found, new_cursor = sensor_failure_alerts(failures, cursor)
+    cursor_text = json.dumps(new_cursor, sort_keys=True)
+    if not found:
+        failing = ", ".join(sorted(failures)) or "none"
+        return SensorResult(
+            skip_reason=f"no new sensor failures (failing: {failing})", cursor=cursor_text
+        )
+    # The cursor moves only after the log write succeeded (publish raises otherwise).
+    summary = _publish(context.log, found, config)
+    context.log.info(f"{'; '.join(a.message for a in found)}; {summary}")
+    return SensorResult(cursor=cursor_text)
+
+
+ALERT_SENSORS: list[SensorDefinition] = [
+    check_failure_alert_sensor,
+    run_failure_alert_sensor,
+    sensor_failure_alert_sensor,
+]

@@ -27,6 +27,10 @@ LAG_SENSOR_INTERVAL_S = 10
 BESIDE_STREAM = [RAW_ASSET, QUARANTINE_ASSET, sessions_speed.key, sessions_serving.key]
 
 
+class SpeedLayerStalled(RuntimeError):
+    """The lag sensor cannot measure the topic (broker unreachable, topic missing)."""
+
+
 def speed_run_in_flight(context: SensorEvaluationContext) -> bool:
     """Whether a speed run is queued or running (its queries will read the new records too)."""
     return job_in_flight(context.instance, SPEED_JOB_NAME)
@@ -56,7 +60,9 @@ def kafka_lag_sensor(
         require_reachable(config.bootstrap_servers)  # fails fast instead of a client timeout
         topic_lag = measure_lag(config.bootstrap_servers, config.topic, checkpoints)
     except (KafkaOffsetsError, ServiceError) as error:
-        return SkipReason(f"cannot read offsets of {config.topic!r}: {error}")
+        # A failure, not a skip: the speed layer stalls until the broker answers, and a failed
+        # tick is what the sensor-failure alert and `lambda-arch status` report.
+        raise SpeedLayerStalled(f"cannot read offsets of {config.topic!r}: {error}") from None
     observation = AssetObservation(asset_key=TOPIC_ASSET, metadata=topic_lag.metadata())
     if not topic_lag.has_new_data:
         return SensorResult(asset_events=[observation], skip_reason="no new records")

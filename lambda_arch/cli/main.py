@@ -542,7 +542,21 @@ def _dagster_status(current: Settings) -> dict[str, Any]:
                     "at": datetime.fromtimestamp(record.create_timestamp, UTC).isoformat(),
                 }
             )
-    return {"assets": assets, "checks": checks}
+        failing = _failing_sensors(instance)
+    return {"assets": assets, "checks": checks, "failing_sensors": failing}
+
+
+def _failing_sensors(instance: Any) -> dict[str, Any]:
+    """Sensors and schedules whose latest tick failed: since when, and why (one line)."""
+    from sensors.alerts import instigator_failures
+
+    return {
+        name: {
+            "since": datetime.fromtimestamp(failure.since, UTC).isoformat(),
+            "error": failure.error,
+        }
+        for name, failure in sorted(instigator_failures(instance).items())
+    }
 
 
 @cli.command()

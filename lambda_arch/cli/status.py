@@ -16,6 +16,16 @@ from lambda_arch.serving.store import ServingStore, iso
 from lambda_arch.speed import layer as speed
 from lambda_arch.speed.lag import measure_lag
 
+# The layer whose work a sensor or schedule starts: while it fails, that layer stalls.
+SENSOR_LAYERS = {
+    "kafka_lag_sensor": "speed",
+    "views_stream_sensor": "speed",
+    "day_complete_sensor": "batch",
+    "stale_partition_sensor": "batch",
+    "nightly_batch_schedule": "batch",
+    "serving_refresh_sensor": "serving",
+}
+
 
 def _kafka(settings: Settings) -> dict[str, Any]:
     checkpoints = speed.checkpoints_of(settings)
@@ -24,6 +34,13 @@ def _kafka(settings: Settings) -> dict[str, Any]:
         lag = measure_lag(settings.bootstrap_servers, settings.topic, checkpoints)
     except (KafkaOffsetsError, ServiceError) as error:
         return {"topic": settings.topic, "error": str(error)}
+    except (OSError, ValueError, IndexError) as error:
+        # A damaged checkpoint (what stalls the lag sensor too): status must still answer.
+        return {
+            "topic": settings.topic,
+            "error": f"cannot read the speed checkpoints in {settings.checkpoints_dir}: "
+            f"{type(error).__name__}: {error}",
+        }
     return {
         "topic": settings.topic,
         "bootstrap_servers": settings.bootstrap_servers,
@@ -97,6 +114,10 @@ def render_status(document: dict[str, Any]) -> str:
     dagster = document.get("dagster") or {}
     if "error" in dagster:
         lines.append(f"dagster: {dagster['error']}")
+    for name, failing in (dagster.get("failing_sensors") or {}).items():
+        layer = SENSOR_LAYERS.get(name)
+        what = f"{layer} layer stalled" if layer else "automation failing"
+        lines.append(f"{what}: {name} failing since {failing['since']}: {failing['error']}")
     for key, latest in (dagster.get("assets") or {}).items():
         shown = "never" if latest is None else f"{latest['at']} (run {latest['run_id'][:8]})"
         lines.append(f"asset {key}: last materialized {shown}")

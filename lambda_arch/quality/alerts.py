@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +28,7 @@ from typing import Any, Literal
 
 from lambda_arch.common.times import format_time, from_epoch_seconds
 
-AlertKind = Literal["check_failed", "run_failed", "data_lost"]
+AlertKind = Literal["check_failed", "run_failed", "data_lost", "sensor_failed"]
 
 # Ascending order: an alert passes a minimum when its severity is at or after it here.
 SEVERITIES: tuple[str, ...] = ("WARN", "ERROR")
@@ -194,6 +195,40 @@ def data_lost_alert(
         alert_id=alert_id,
         asset_key=asset_key,
         metadata=plain_metadata(metadata),
+    )
+
+
+# Numbers (offsets, ports, counts, times) vary from one tick of a failure to the next; the
+# failure stays the same one.
+_NUMBERS = re.compile(r"\d+")
+
+
+def error_signature(kind: str, message: str) -> str:
+    """What makes two failures the same failure: the error class and its first line, numbers
+    left out (a sensor failing every 10 s on the same cause alerts once, not per tick)."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return f"{kind}: {_NUMBERS.sub('#', first)}"
+
+
+def sensor_failed_alert(
+    *,
+    sensor: str,
+    timestamp: float,
+    since: float,
+    error: str,
+    description: str | None,
+    episode: str,
+) -> Alert:
+    """The alert for a sensor (or schedule) whose evaluations fail: once per distinct failure
+    (`episode`: the sensor, the error's signature and where that run of failures began)."""
+    return Alert(
+        kind="sensor_failed",
+        severity="ERROR",
+        time=iso_utc(timestamp),
+        message=f"sensor {sensor} failing since {iso_utc(since)}: {error}",
+        alert_id=f"sensor_failed:{sensor}:{episode}",
+        description=_clip(description),
+        metadata={"sensor": sensor, "failing_since": iso_utc(since), "error": error},
     )
 
 

@@ -189,6 +189,18 @@ logger.sessionstate.name = org.apache.hadoop.hive.ql.session.SessionState
 logger.sessionstate.level = error
 logger.nativecode.name = org.apache.hadoop.util.NativeCodeLoader
 logger.nativecode.level = error
+# The Connect server logs INVALID_CURSOR.DISCONNECTED with a stack trace when an execution's
+# response sender gets detached (its client released or reattached the execution; seen right
+# after "Got detached from opId=..." warnings, in the foreachBatch worker's queries, hundreds
+# per replay on a loaded machine, never on an idle one): the client side goes on without
+# error. ErrorUtils logs it "during: async-grpc-response-sender"; failed queries are logged
+# "during: execute" and stay in the log.
+logger.connecterrors.name = org.apache.spark.sql.connect.utils.ErrorUtils
+logger.connecterrors.level = warn
+logger.connecterrors.filter.cursor.type = RegexFilter
+logger.connecterrors.filter.cursor.regex = Spark Connect RPC error during: async-grpc-response-sender[.].*
+logger.connecterrors.filter.cursor.onMatch = DENY
+logger.connecterrors.filter.cursor.onMismatch = NEUTRAL
 """
 
 

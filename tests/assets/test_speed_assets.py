@@ -147,16 +147,19 @@ def test_lag_sensor_requests_a_run_only_for_new_data(
     assert behind.asset_events[0].metadata["max_lag"].value == 40
 
 
-def test_lag_sensor_skips_with_a_reason_when_the_broker_is_down(
+def test_lag_sensor_fails_with_a_reason_when_the_broker_is_down(
     env_home: Path, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A failed tick, not a skip: the speed layer stalls, and failed ticks become alerts.
     from lambda_arch.runtime.broker import free_port
+    from sensors.kafka_lag import SpeedLayerStalled
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")
-    with build_sensor_context(instance=instance, resources=build_resources()) as context:
-        result = kafka_lag_sensor(context)
-    reason = result.skip_message if hasattr(result, "skip_message") else str(result)
-    assert "cannot read offsets" in reason
+    with (
+        build_sensor_context(instance=instance, resources=build_resources()) as context,
+        pytest.raises(SpeedLayerStalled, match="cannot read offsets"),
+    ):
+        kafka_lag_sensor(context)
 
 
 def test_late_events_are_counted_in_metadata_not_in_the_view(

@@ -269,4 +269,5 @@ def test_sensors_start_running() -> None:
     assert statuses == {
         "check_failure_alert_sensor": DefaultSensorStatus.RUNNING,
         "run_failure_alert_sensor": DefaultSensorStatus.RUNNING,
+        "sensor_failure_alert_sensor": DefaultSensorStatus.RUNNING,
     }

@@ -44,6 +44,7 @@ from lambda_arch.batch import layer as batch
 from lambda_arch.batch.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake, read_play_events
 from lambda_arch.common.config import Settings, definition_settings
 from lambda_arch.common.times import parse_time
+from lambda_arch.ingest.schema import REASON_FUTURE
 from lambda_arch.quality import rules as quality
 from lambda_arch.speed import layer as speed
 from lambda_arch.views.transforms import DISCOVERY_COLUMNS, SESSION_COLUMNS, TRENDING_COLUMNS
@@ -427,6 +428,7 @@ def quarantine_ratio(
     )
     records = _metadata_int(metadata, "records")
     quarantined = _metadata_int(metadata, "quarantined")
+    future = _metadata_int(metadata, "quarantined_future")
     lake = Lake.from_settings(config)
     total_quarantined = sum(p.rows for p in lake.partition_dates(table=QUARANTINE_TABLE))
     total_valid = sum(p.rows for p in lake.partition_dates(table=EVENTS_TABLE))
@@ -443,6 +445,8 @@ def quarantine_ratio(
             "quarantine_ratio": latest,
             "records": records,
             "quarantined": quarantined,
+            # A burst of device clocks (or a replay) ahead of Kafka's time shows here by name.
+            "quarantined_future": future,
             "cumulative_ratio": cumulative,
             "cumulative_records": total_quarantined + total_valid,
             "cumulative_quarantined": total_quarantined,
@@ -454,6 +458,7 @@ def quarantine_ratio(
             None
             if level == quality.OK
             else f"quarantine ratio {judged:.2%} ({basis}) above the {level} threshold"
+            + (f"; {future} with reason '{REASON_FUTURE}'" if future else "")
         ),
     )
 

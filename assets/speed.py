@@ -248,6 +248,7 @@ def landing(context: AssetExecutionContext, settings: LambdaArchSettings, spark:
     records = int(report.observed.get("landing.records", 0))
     valid = int(report.observed.get("landing.valid", 0))
     quarantined = int(report.observed.get("landing.quarantined", 0))
+    future = int(report.observed.get("landing.future", 0))
     context.log.info(
         f"landing: {records} records in {report.micro_batches} micro-batches, "
         f"{valid} valid, {quarantined} quarantined"
@@ -263,6 +264,8 @@ def landing(context: AssetExecutionContext, settings: LambdaArchSettings, spark:
             **metadata,
             "records": records,
             "quarantined": quarantined,
+            # Of those, events stamped more than LAMBDA_ARCH_MAX_CLOCK_SKEW_MIN ahead of Kafka.
+            "quarantined_future": future,
             "quarantine_ratio": ratio,
         },
     )

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     max_events_per_batch: int = Field(
         500_000, ge=1, validation_alias="LAMBDA_ARCH_MAX_EVENTS_PER_BATCH"
     )
+    # An event_time more than this many minutes ahead of its Kafka record timestamp is
+    # quarantined as "event_time in the future" (CONTRACT section 3): it never moves a watermark.
+    max_clock_skew_min: int = Field(
+        5, ge=0, le=7 * 24 * 60, validation_alias="LAMBDA_ARCH_MAX_CLOCK_SKEW_MIN"
+    )
     alert_webhook: str | None = Field(None, validation_alias="LAMBDA_ARCH_ALERT_WEBHOOK")
     # Failed checks below this severity are not alerted on (failed runs always are).
     alert_min_severity: Literal["WARN", "ERROR"] = Field(

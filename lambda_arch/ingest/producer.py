@@ -1,4 +1,13 @@
-"""Play-event traffic into Kafka: synthetic events or a replay of a CSV, JSON-lines or Parquet file."""
+"""Play-event traffic into Kafka: synthetic events or a replay of a CSV, JSON-lines or Parquet file.
+
+Record timestamps (CONTRACT section 3): synthetic traffic runs an event clock (`--start`,
+`--speedup`, and a density of DEFAULT_DENSITY event-seconds per record when unpaced), which may
+run far ahead of the wall clock, so each synthetic record carries the event clock at its
+emission as its Kafka timestamp: an on-time event its own event time, a late one the later
+time it is sent at, a malformed one the clock. Otherwise the schema's rule against events
+from the future (more than LAMBDA_ARCH_MAX_CLOCK_SKEW_MIN ahead of the record timestamp) would
+quarantine the demo's 60x traffic. A replay (`--from`) keeps the time of sending.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from lambda_arch.common.config import Settings
-from lambda_arch.common.times import format_time
+from lambda_arch.common.times import epoch_millis, format_time
 from lambda_arch.runtime.broker import ServiceError, require_reachable, unreachable_message
 
 DEFAULT_EVENTS = 10_000
@@ -195,10 +204,11 @@ def read_replay(path: Path) -> Iterator[tuple[bytes | None, bytes]]:
 
 # Sending ---------------------------------------------------------------------------------------
 
+# (kind, key, value, Kafka timestamp in epoch ms or None for the time of sending)
+Outgoing = tuple[str, bytes | None, bytes, int | None]
 
-def _synthetic(
-    request: ProduceRequest, allowed_lateness_min: int
-) -> Iterator[tuple[str, bytes | None, bytes]]:
+
+def _synthetic(request: ProduceRequest, allowed_lateness_min: int) -> Iterator[Outgoing]:
     from lambda_arch.ingest.generator import TrafficConfig, generate
 
     density = (request.rate or DEFAULT_DENSITY) / request.speedup
@@ -212,12 +222,12 @@ def _synthetic(
         allowed_lateness_min=allowed_lateness_min,
     )
     for record in generate(config):
-        yield record.kind, record.key, record.value
+        yield record.kind, record.key, record.value, epoch_millis(record.emit_time)
 
 
-def _replayed(path: Path) -> Iterator[tuple[str, bytes | None, bytes]]:
+def _replayed(path: Path) -> Iterator[Outgoing]:
     for key, value in read_replay(path):
-        yield "replayed", key, value
+        yield "replayed", key, value, None
 
 
 class _Stop(Exception):
@@ -231,14 +241,15 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 def send_records(
     producer: KafkaProducer,
     topic: str,
-    records: Iterable[tuple[str, bytes | None, bytes]],
+    records: Iterable[Outgoing],
     *,
     summary: ProduceSummary,
     rate: float | None = None,
     total: int | None = None,
     progress: bool = False,
 ) -> ProduceSummary:
-    """Send (kind, key, value) records at a steady rate (or as fast as possible) and flush."""
+    """Send (kind, key, value, timestamp_ms) records at a steady rate (or as fast as possible)
+    and flush; a None timestamp is the time of sending (the producer's clock)."""
     from tqdm import tqdm
 
     failures: list[BaseException] = []
@@ -252,13 +263,15 @@ def send_records(
     )
     started = time.monotonic()
     try:
-        for index, (kind, key, value) in enumerate(records):
+        for index, (kind, key, value, timestamp_ms) in enumerate(records):
             if rate is not None:
                 # Pace against the schedule, not the previous send, so the rate stays steady.
                 ahead = started + index / rate - time.monotonic()
                 if ahead > 0.001:
                     time.sleep(ahead)
-            producer.send(topic, key=key, value=value).add_errback(failures.append)
+            producer.send(topic, key=key, value=value, timestamp_ms=timestamp_ms).add_errback(
+                failures.append
+            )
             summary.records += 1
             summary.kinds[kind] += 1
             if index % 256 == 255:
@@ -283,7 +296,7 @@ def run_produce(settings: Settings, request: ProduceRequest) -> ProduceSummary:
     bootstrap = settings.bootstrap_servers
     ensure_topic(bootstrap, topic, settings.topic_partitions)
     if request.from_file is not None:
-        records: Iterable[tuple[str, bytes | None, bytes]] = _replayed(request.from_file)
+        records: Iterable[Outgoing] = _replayed(request.from_file)
         limit = request.events or None
     else:
         records = _synthetic(request, settings.allowed_lateness_min)

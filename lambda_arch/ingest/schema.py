@@ -19,7 +19,12 @@ Rules beyond the contract's table, chosen so that both twins can decide them ide
   (`T`, `t` or a space between date and time, nothing after the offset, not even a newline);
   fractions past microseconds are truncated;
 - event times must lie in [1970-01-01T00:00:00Z, 9999-12-31T00:00:00Z);
-- `event_id` must not be empty.
+- `event_id` must not be empty;
+- given the Kafka record timestamp, an event_time more than the allowed clock skew (default
+  `DEFAULT_MAX_CLOCK_SKEW_MIN`, LAMBDA_ARCH_MAX_CLOCK_SKEW_MIN) ahead of it is quarantined as
+  `event_time in the future` (CONTRACT section 3): the last rule, judged on an otherwise valid
+  event, in microseconds (ahead by exactly the skew is still on time). Without a record
+  timestamp (a null one, or a caller that has none) the rule does not apply.
 
 Reasons are a small fixed vocabulary (`<kind>: <field>`) so quarantine counts group well.
 """
@@ -34,7 +39,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lambda_arch.common.times import epoch_millis, from_epoch_millis
+from lambda_arch.common.times import EPOCH, epoch_millis, from_epoch_millis
 
 EVENT_TYPES: tuple[str, ...] = ("play_start", "play_heartbeat", "play_stop")
 DEVICES: tuple[str, ...] = ("tv", "mobile", "web", "tablet", "console", "other")
@@ -99,6 +104,10 @@ REASON_INVALID_JSON = "invalid JSON"
 REASON_NOT_OBJECT = "not a JSON object"
 REASON_EMPTY = "empty payload"
 REASON_TOO_LARGE = "payload too large"
+REASON_FUTURE = "event_time in the future"
+
+# How far an event_time may be ahead of its Kafka record timestamp (Settings.max_clock_skew_min).
+DEFAULT_MAX_CLOCK_SKEW_MIN = 5
 
 
 def missing(field: str) -> str:
@@ -395,9 +404,32 @@ def validate_event(document: dict[str, Any]) -> PlayEvent:
     )
 
 
-def parse_payload(payload: bytes | str | None) -> PlayEvent | Rejection:
-    """Parse one raw Kafka value: a normalized PlayEvent, or a Rejection with its reason."""
+def is_future(
+    event_time: datetime, record_time_ms: int, max_clock_skew_min: int = DEFAULT_MAX_CLOCK_SKEW_MIN
+) -> bool:
+    """Whether an event_time is more than the allowed skew ahead of its record's Kafka
+    timestamp (epoch milliseconds), compared exactly in microseconds."""
+    event_us = (event_time - EPOCH) // timedelta(microseconds=1)
+    return event_us - record_time_ms * 1000 > max_clock_skew_min * 60_000_000
+
+
+def parse_payload(
+    payload: bytes | str | None,
+    record_time_ms: int | None = None,
+    max_clock_skew_min: int = DEFAULT_MAX_CLOCK_SKEW_MIN,
+) -> PlayEvent | Rejection:
+    """Parse one raw Kafka value: a normalized PlayEvent, or a Rejection with its reason.
+
+    `record_time_ms` is the Kafka record timestamp (epoch milliseconds; None: unknown, no
+    future check): an otherwise valid event whose event_time is more than `max_clock_skew_min`
+    minutes ahead of it is rejected with REASON_FUTURE.
+    """
     try:
-        return validate_event(decode_payload(payload))
+        event = validate_event(decode_payload(payload))
     except _Invalid as invalid:
         return Rejection(invalid.reason)
+    if record_time_ms is not None and is_future(
+        event.event_time, record_time_ms, max_clock_skew_min
+    ):
+        return Rejection(REASON_FUTURE)
+    return event

@@ -13,7 +13,11 @@ Kafka values are parsed without a Python worker. How each rule is decided:
   fractions, exponents and larger integers come out as DECIMAL or DOUBLE);
 - ISO times: `rlike` with schema.ISO_TIME_PATTERN, then the fields at their fixed positions,
   the date through `try_make_timestamp_ltz(..., 'UTC')` (NULL for 30 February) and the rest as
-  integer microseconds, so neither rounding nor the session time zone plays any part.
+  integer microseconds, so neither rounding nor the session time zone plays any part;
+- events from the future: with a record timestamp column (the Kafka `timestamp`), an otherwise
+  valid event whose event time, in epoch microseconds, is more than the allowed skew ahead of
+  `unix_micros(timestamp)` gets REASON_FUTURE; a NULL timestamp skips the rule, as None does
+  in schema.py.
 
 Fast path: a payload in the canonical shape every lambda-arch producer writes (compact JSON, the
 fields in FIELD_ORDER with device, discovery_source and position_ms optional, strings without
@@ -28,12 +32,13 @@ from __future__ import annotations
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import BinaryType, StringType
+from pyspark.sql.types import BinaryType, StringType, TimestampType
 
 from lambda_arch.ingest.schema import (
     COUNTRIES,
     DEFAULT_DEVICE,
     DEFAULT_DISCOVERY_SOURCE,
+    DEFAULT_MAX_CLOCK_SKEW_MIN,
     DEVICES,
     DISCOVERY_SOURCES,
     EVENT_TYPES,
@@ -43,6 +48,7 @@ from lambda_arch.ingest.schema import (
     MAX_PAYLOAD_BYTES,
     MIN_EVENT_TIME_MS,
     REASON_EMPTY,
+    REASON_FUTURE,
     REASON_INVALID_JSON,
     REASON_INVALID_UTF8,
     REASON_NOT_OBJECT,
@@ -276,8 +282,9 @@ def _event_micros() -> Column:
     return F.when(json_type == _INT, from_millis).when(json_type == _STRING, from_iso)
 
 
-def _reason() -> Column:
-    """The first broken rule, in schema.py's order; NULL for a valid event."""
+def _reason(record_time: Column | None, max_clock_skew_min: int) -> Column:
+    """The first broken rule, in schema.py's order; NULL for a valid event. `record_time`
+    (a timestamp column, or None) adds the last rule: an event_time from the future."""
     t = {field: _col(_type(field)) for field in FIELD_ORDER}
     s = {field: _col(_str(field)) for field in FIELD_ORDER}
     i = {field: _col(_int(field)) for field in FIELD_ORDER}
@@ -318,18 +325,37 @@ def _reason() -> Column:
         chain = chain.when(present & ~s[field].isin(*allowed), invalid_value(field))
     present = ~_absent("position_ms")
     chain = chain.when(present & (t["position_ms"] != _INT), wrong_type("position_ms"))
-    return chain.when(present & (i["position_ms"] < 0), out_of_range("position_ms"))
+    chain = chain.when(present & (i["position_ms"] < 0), out_of_range("position_ms"))
+    if record_time is None:
+        return chain
+    # event - skew > record, arranged so that no subtraction can overflow a bigint (ANSI mode
+    # would fail the query): event micros and the skew are far from the bigint limits.
+    skew_us = F.lit(max_clock_skew_min * _MICROS_PER_MINUTE).cast("bigint")
+    ahead = _col(_EVENT_MICROS) - skew_us > F.unix_micros(record_time)
+    return chain.when(ahead, REASON_FUTURE)
 
 
-def parse_events(df: DataFrame, value_col: str = "value") -> DataFrame:
+def parse_events(
+    df: DataFrame,
+    value_col: str = "value",
+    timestamp_col: str | None = None,
+    max_clock_skew_min: int = DEFAULT_MAX_CLOCK_SKEW_MIN,
+) -> DataFrame:
     """Add the event columns (SPARK_EVENT_SCHEMA) and `quarantine_reason` to a DataFrame of payloads.
 
     `value_col` is a BINARY or STRING column of raw Kafka values. A valid row gets its normalized
     event and a NULL reason; any other row gets schema.py's reason and NULL event columns.
+    `timestamp_col` (a TIMESTAMP column: the Kafka record timestamp) is schema.parse_payload's
+    `record_time_ms`: an event_time more than `max_clock_skew_min` minutes ahead of it is
+    quarantined as REASON_FUTURE; None leaves that rule out.
     """
     value_type = df.schema[value_col].dataType
     if not isinstance(value_type, BinaryType | StringType):
         raise TypeError(f"{value_col} must be BINARY or STRING, not {value_type.simpleString()}")
+    if timestamp_col is not None:
+        time_type = df.schema[timestamp_col].dataType
+        if not isinstance(time_type, TimestampType):
+            raise TypeError(f"{timestamp_col} must be TIMESTAMP, not {time_type.simpleString()}")
     # One projection per step: an expression used several times later (the parsed document, a
     # field's JSON type, the matched ISO text) is computed once per row, not once per use.
     value = _col(value_col)
@@ -352,7 +378,8 @@ def parse_events(df: DataFrame, value_col: str = "value") -> DataFrame:
     )
     stage = stage.select("*", iso_micros.alias(_ISO_MICROS))
     stage = stage.select("*", _event_micros().alias(_EVENT_MICROS))
-    stage = stage.select("*", _reason().alias(_REASON))
+    record_time = None if timestamp_col is None else _col(timestamp_col)
+    stage = stage.select("*", _reason(record_time, max_clock_skew_min).alias(_REASON))
 
     valid = _col(_REASON).isNull()
     values = {

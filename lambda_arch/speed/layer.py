@@ -43,6 +43,7 @@ from lambda_arch.ingest.incarnations import IncarnationLoss, incarnation_loss, r
 from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError, TopicBounds, topic_bounds
 from lambda_arch.ingest.kafka_options import source_options
 from lambda_arch.ingest.kafka_source import SOURCE_NAME, register_kafka_source
+from lambda_arch.ingest.schema import REASON_FUTURE
 from lambda_arch.ingest.source_offsets import (
     checkpoint_offsets,
     checkpoint_topic_id,
@@ -194,7 +195,8 @@ def speed_events(
         failOnDataLoss=settings.fail_on_data_loss,
     )
     raw = spark.readStream.format(SOURCE_NAME).options(**options).load()
-    parsed = parse_events(raw, "value").observe(
+    # Events from the future are quarantined here, before the watermark: they never move it.
+    parsed = parse_events(raw, "value", "timestamp", settings.max_clock_skew_min).observe(
         OBSERVATION,
         F.count(F.lit(1)).alias("records"),
         F.count(F.col(QUARANTINE_REASON_COLUMN)).alias("quarantined"),
@@ -501,8 +503,9 @@ def run_landing(
     play_events_quarantine (`lambda_arch.batch.lake.write_landing_batch`, idempotent per batch id).
 
     The report's observed metrics count them per run: `landing.records`, `landing.valid`,
-    `landing.quarantined`. No watermark and no dedup here: the lake keeps every record, late
-    and repeated ones included; the batch layer deduplicates.
+    `landing.quarantined` and, of those, `landing.future` (event_time in the future). No
+    watermark and no dedup here: the lake keeps every record, late and repeated ones included;
+    the batch layer deduplicates.
     """
     from lambda_arch.batch import lake as lake_module
 
@@ -520,11 +523,12 @@ def run_landing(
     )
     raw = spark.readStream.format(SOURCE_NAME).options(**options).load()
     reason = F.col(QUARANTINE_REASON_COLUMN)
-    parsed = parse_events(raw, "value").observe(
+    parsed = parse_events(raw, "value", "timestamp", settings.max_clock_skew_min).observe(
         LANDING,
         F.count(F.lit(1)).alias("records"),
         F.count_if(reason.isNull()).alias("valid"),
         F.count(reason).alias("quarantined"),
+        F.count_if(reason == REASON_FUTURE).alias("future"),
     )
     # A watermark without a stateful operator drops nothing; it makes Spark report the latest
     # event time landed, from which the batch layer knows which days are complete.

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -155,3 +157,65 @@ def test_rate_limit_paces_the_stream(kafka_env: Settings, topic: str) -> None:
     elapsed = time.monotonic() - started
     assert summary.records == 600
     assert elapsed >= 599 / 400.0 * 0.95
+
+
+def test_record_timestamps_run_on_the_event_clock_and_replays_keep_sending_time(
+    kafka_env: Settings, topic: str, tmp_path: Path
+) -> None:
+    """CONTRACT section 3: synthetic traffic (a simulated clock: --start, --speedup) stamps each
+    record with the event clock at its emission (an on-time event: its own event time), so the
+    future rule never quarantines it however fast the clock runs; a replay keeps the time of
+    sending. Read back from a real broker."""
+    from collections import Counter
+
+    from lambda_arch.common.times import epoch_millis
+    from lambda_arch.ingest.generator import TrafficConfig, generate
+    from lambda_arch.ingest.producer import DEFAULT_DENSITY
+    from lambda_arch.ingest.schema import REASON_FUTURE
+
+    start = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    request = ProduceRequest(
+        events=2000,
+        seed=5,
+        start=start,
+        speedup=60.0,  # 2000 records: 20 minutes of event time, sent in about a second
+        late_rate=0.05,
+        duplicate_rate=0.03,
+        malformed_rate=0.02,
+        topic=topic,
+        progress=False,
+    )
+    run_produce(kafka_env, request)
+    records = consume_all(kafka_env.bootstrap_servers, topic, 2000)
+    assert len(records) == 2000
+    config = TrafficConfig(
+        seed=5,
+        start=start,
+        events_per_second=DEFAULT_DENSITY / 60.0,
+        late_rate=0.05,
+        duplicate_rate=0.03,
+        malformed_rate=0.02,
+        allowed_lateness_min=kafka_env.allowed_lateness_min,
+    )
+    expected = Counter(
+        (r.value, epoch_millis(r.emit_time)) for r in itertools.islice(generate(config), 2000)
+    )
+    assert Counter((r.value, r.timestamp) for r in records) == expected
+    events = [(r, parse_payload(r.value)) for r in records]
+    on_time = [(r, e) for r, e in events if isinstance(e, PlayEvent)]
+    assert sum(r.timestamp == e.event_time_ms for r, e in on_time) > 1500
+    assert all(r.timestamp >= e.event_time_ms for r, e in on_time)  # late ones are sent later
+    assert max(r.timestamp for r in records) - epoch_millis(start) > 15 * 60 * 1000
+    for record, _ in on_time:
+        assert parse_payload(record.value, record.timestamp) != Rejection(REASON_FUTURE)
+
+    # A replay keeps the time of sending, whatever the event times in the file.
+    replay_topic = f"{topic}-replay"
+    source = tmp_path / "events.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    before = time.time() * 1000
+    run_produce(kafka_env, ProduceRequest(from_file=source, topic=replay_topic, progress=False))
+    after = time.time() * 1000
+    replayed = consume_all(kafka_env.bootstrap_servers, replay_topic, len(ROWS))
+    assert len(replayed) == len(ROWS)
+    assert all(before - 1000 <= r.timestamp <= after + 1000 for r in replayed)

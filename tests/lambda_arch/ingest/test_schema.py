@@ -15,6 +15,7 @@ import pytest
 
 from lambda_arch.common.times import epoch_millis
 from lambda_arch.ingest.schema import (
+    DEFAULT_MAX_CLOCK_SKEW_MIN,
     INT64_MAX,
     INT64_MIN,
     MAX_EVENT_TIME_MS,
@@ -23,6 +24,7 @@ from lambda_arch.ingest.schema import (
     MAX_NUMBER_DIGITS,
     MAX_PAYLOAD_BYTES,
     REASON_EMPTY,
+    REASON_FUTURE,
     REASON_INVALID_JSON,
     REASON_INVALID_UTF8,
     REASON_NOT_OBJECT,
@@ -92,6 +94,12 @@ class Case:
     id: str
     payload: bytes | None
     expected: PlayEvent | str  # an event, or the rejection reason
+    # The Kafka record timestamp (epoch ms) the payload came with; None: unknown (no future rule).
+    record_time_ms: int | None = None
+
+
+BASE_MS = 1_772_368_496_789  # BASE_TIME in epoch milliseconds
+SKEW_MS = DEFAULT_MAX_CLOCK_SKEW_MIN * 60_000
 
 
 ONE_MIB = MAX_PAYLOAD_BYTES
@@ -353,6 +361,41 @@ CASES: list[Case] = [
         invalid_value("event_type"),
     ),
     Case("optional after required", doc(device="toaster", country="XX"), invalid_value("country")),
+    # --- events from the future: event_time vs the Kafka record timestamp ---------------------
+    Case("record time equal", doc(), event(), BASE_MS),
+    Case("record time later (a late event)", doc(), event(), BASE_MS + 86_400_000),
+    Case("ahead by exactly the skew", doc(), event(), BASE_MS - SKEW_MS),
+    Case("ahead by the skew + 1 ms", doc(), REASON_FUTURE, BASE_MS - SKEW_MS - 1),
+    Case(
+        "ahead by the skew + 1 us",
+        doc(event_time="2026-03-01T12:34:56.789001Z"),
+        REASON_FUTURE,
+        BASE_MS - SKEW_MS,
+    ),
+    Case(
+        "ahead by the skew, sub-ms fraction",
+        doc(event_time="2026-03-01T12:34:56.7890009Z"),
+        event(),
+        BASE_MS - SKEW_MS,
+    ),
+    Case(
+        "epoch ms ahead by the skew + 1 ms",
+        doc(event_time=BASE_MS),
+        REASON_FUTURE,
+        BASE_MS - SKEW_MS - 1,
+    ),
+    Case(
+        "offset time ahead by the skew + 1 ms",
+        doc(event_time="2026-03-01T14:04:56.789+01:30"),
+        REASON_FUTURE,
+        BASE_MS - SKEW_MS - 1,
+    ),
+    Case("months ahead", doc(event_time="2026-09-01T00:00:00Z"), REASON_FUTURE, BASE_MS),
+    Case("near the largest time", doc(event_time=MAX_EVENT_TIME_MS - 1), REASON_FUTURE, 0),
+    Case("record time at the epoch", doc(event_time=0), event(datetime(1970, 1, 1, tzinfo=UTC)), 0),
+    Case("record time before the epoch", doc(), REASON_FUTURE, -(2**40)),
+    Case("other rules first", doc(country="XX"), invalid_value("country"), 0),
+    Case("optional rules first", doc(position_ms=-1), out_of_range("position_ms"), 0),
 ]
 assert len({case.id for case in CASES}) == len(CASES), "case ids must be unique"
 IDS = [case.id for case in CASES]
@@ -364,14 +407,16 @@ def _expected_result(case: Case) -> PlayEvent | Rejection:
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_pure_module(case: Case) -> None:
-    assert parse_payload(case.payload) == _expected_result(case)
+    assert parse_payload(case.payload, case.record_time_ms) == _expected_result(case)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_pure_module_str_payload_matches_bytes(case: Case) -> None:
     """A str payload is judged as its UTF-8 encoding (undecodable bytes as lone surrogates)."""
     text = None if case.payload is None else case.payload.decode("utf-8", "surrogateescape")
-    assert parse_payload(text) == parse_payload(case.payload)
+    assert parse_payload(text, case.record_time_ms) == parse_payload(
+        case.payload, case.record_time_ms
+    )
 
 
 def test_event_time_millis_round_trip() -> None:

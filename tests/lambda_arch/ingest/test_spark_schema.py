@@ -20,6 +20,7 @@ from lambda_arch.ingest.schema import (
     FIELD_ORDER,
     MAX_EVENT_TIME_MS,
     REASON_EMPTY,
+    REASON_FUTURE,
     REASON_INVALID_JSON,
     REASON_INVALID_UTF8,
     REASON_NOT_OBJECT,
@@ -63,12 +64,21 @@ def spark_rows(request: pytest.FixtureRequest, spark: Any) -> Iterator[dict[str,
     spark.conf.set("spark.sql.session.timeZone", time_zone)
     try:
         frame = spark.createDataFrame(
-            [(case.id, case.payload) for case in CASES], "case string, value binary"
+            [(case.id, case.payload, case.record_time_ms) for case in CASES],
+            "case string, value binary, record_ms bigint",
         )
+        # The record timestamp as the Kafka source gives it: a TIMESTAMP (NULL: unknown).
+        frame = frame.select("case", "value", F.timestamp_millis("record_ms").alias("timestamp"))
         if column_type == "string":
             frame = frame.withColumn("value", F.col("value").cast("string"))
-        parsed = parse_events(frame)
-        assert parsed.columns == ["case", "value", *SPARK_EVENT_COLUMNS, "quarantine_reason"]
+        parsed = parse_events(frame, timestamp_col="timestamp")
+        assert parsed.columns == [
+            "case",
+            "value",
+            "timestamp",
+            *SPARK_EVENT_COLUMNS,
+            "quarantine_reason",
+        ]
         types = dict(parsed.dtypes)
         assert [types[name] for name in SPARK_EVENT_COLUMNS] == [
             "string",
@@ -102,7 +112,7 @@ def spark_rows(request: pytest.FixtureRequest, spark: Any) -> Iterator[dict[str,
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_spark_twin_matches_pure_module(case: Case, spark_rows: dict[str, dict[str, Any]]) -> None:
-    assert spark_rows[case.id] == _as_row(parse_payload(case.payload))
+    assert spark_rows[case.id] == _as_row(parse_payload(case.payload, case.record_time_ms))
 
 
 def test_canonical_shape_takes_the_fast_path() -> None:
@@ -176,6 +186,7 @@ EVERY_REASON = {
     REASON_INVALID_UTF8,
     REASON_INVALID_JSON,
     REASON_NOT_OBJECT,
+    REASON_FUTURE,
     *(missing(field) for field in REQUIRED),
     *(wrong_type(field) for field in FIELD_ORDER),
     *(invalid_value(field) for field in ("event_id", "event_type", "event_time", "country")),
@@ -251,3 +262,5 @@ def test_other_columns_are_kept_and_event_columns_replaced(spark: Any) -> None:
     assert rows[2]["event_id"] is None and rows[2][QUARANTINE_REASON_COLUMN] == missing("event_id")
     with pytest.raises(TypeError, match="offset must be BINARY or STRING, not bigint"):
         parse_events(frame, value_col="offset")
+    with pytest.raises(TypeError, match="offset must be TIMESTAMP, not bigint"):
+        parse_events(frame, value_col="payload", timestamp_col="offset")

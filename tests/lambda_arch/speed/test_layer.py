@@ -25,7 +25,7 @@ from lambda_arch.common.config import Settings
 from lambda_arch.ingest.generator import TrafficConfig, generate
 from lambda_arch.ingest.kafka_offsets import end_offsets
 from lambda_arch.ingest.producer import ensure_topic, make_producer
-from lambda_arch.ingest.schema import PlayEvent, Rejection, parse_payload
+from lambda_arch.ingest.schema import REASON_FUTURE, PlayEvent, Rejection, parse_payload
 from lambda_arch.runtime.broker import EmbeddedBroker
 from lambda_arch.speed.lag import partition_lag
 from lambda_arch.speed.layer import (
@@ -399,6 +399,7 @@ def test_landing_keeps_every_record_once(
         "landing.records": 120,
         "landing.valid": 120 - bad,
         "landing.quarantined": bad,
+        "landing.future": 0,
     }
     # Raw means raw: duplicates stay (the batch layer deduplicates).
     assert read_play_events(spark, lake).count() == 120 - bad
@@ -485,3 +486,64 @@ def test_stream_view_serves_as_it_goes_and_hands_over_to_available_now(
     after = run_trending_speed(spark, settings, paths)
     assert not after.caught_up_by_holder and after.events_read == 0
     assert after.offsets == report.offsets
+
+
+def test_an_event_from_the_future_moves_no_watermark(
+    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
+) -> None:
+    """CONTRACT section 3: one play stamped months ahead of its Kafka record timestamp, early
+    among on-time plays, is quarantined (speed and landing alike) and changes no on-time count:
+    the view equals the plain-Python count of the on-time plays. (Before the rule, Spark's
+    global watermark jumped to the future play and every later micro-batch was dropped as late.)
+    """
+    kafka = new_topic(broker, topic)
+    on_time = [
+        (
+            START + timedelta(seconds=20 * n),
+            event(f"p{n}", START + timedelta(seconds=20 * n), member=n % 9, title=n % 4,
+                  kind="play_start", country=("US", "BR")[n % 2]),
+        )
+        for n in range(120)
+    ]  # fmt: skip
+    future_time = START + timedelta(days=120)
+    future = event("from-the-future", future_time, member=3, title=99, kind="play_start")
+    # Each record carries its event time as Kafka timestamp (a simulated clock, as `produce`
+    # sends); the future play comes with the time of its neighbours, 4 months behind its stamp.
+    records = [(moment, payload) for moment, payload in on_time]
+    records.insert(10, (on_time[10][0], future))
+    producer = make_producer(kafka.bootstrap)
+    try:
+        for moment, payload in records:
+            stamp = int(moment.timestamp() * 1000)
+            producer.send(kafka.name, key=b"1", value=payload, partition=0, timestamp_ms=stamp)
+        producer.flush()
+    finally:
+        producer.close()
+    kafka.records += [(0, offset, payload) for offset, (_, payload) in enumerate(records)]
+    # The plain-Python verdicts with the record timestamps: only the future play is rejected.
+    verdicts = [parse_payload(p, int(m.timestamp() * 1000)) for m, p in records]
+    assert [v for v in verdicts if isinstance(v, Rejection)] == [Rejection(REASON_FUTURE)]
+    assert isinstance(parse_payload(future), PlayEvent)  # valid but for its record timestamp
+
+    settings = settings_for(tmp_path / "home", kafka, max_events=20)
+    paths = SpeedPaths(str(tmp_path / "speed"))
+    report = run_trending_speed(spark, settings, paths)
+    assert report.events_read == 121 and report.micro_batches >= 6
+    assert report.observed == {"input.records": 121, "input.quarantined": 1}
+    assert report.late_events == 0
+    on_time_events = [v for v in verdicts if isinstance(v, PlayEvent)]
+    assert counts_of(read_trending_speed(spark, paths)) == ref_trending(on_time_events)
+    newest = on_time[-1][0]
+    state = read_speed_state(paths, "trending_speed")
+    assert state is not None
+    assert datetime.fromisoformat(state["max_event_time"]) == newest
+    assert report.watermark == newest - LATENESS
+
+    # The landing quarantines it with its reason, and lands every on-time play as valid.
+    lake = Lake(str(tmp_path / "warehouse"), f"speed_{uuid.uuid4().hex[:10]}")
+    landed = run_landing(spark, settings, lake)
+    assert landed.observed["landing.future"] == 1
+    assert landed.observed["landing.valid"] == 120
+    rows = read_quarantine(spark, lake).select("reason", "offset").collect()
+    assert [(r["reason"], r["offset"]) for r in rows] == [(REASON_FUTURE, 10)]
+    assert read_play_events(spark, lake).count() == 120

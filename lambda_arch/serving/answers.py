@@ -117,9 +117,20 @@ def reads_of(table: str, first: int, to: int) -> list[Read]:
 # The answers --------------------------------------------------------------------------------
 
 
+def default_as_of(state: ViewState) -> datetime | None:
+    """T of an answer without as_of (CONTRACT section 6): the end of the newest minute the speed
+    layer has counted (the minute after its newest event time), so the answer holds every play
+    counted so far; the batch watermark when the speed layer has counted nothing, or when the
+    batch layer reaches further (after a speed reset); None when neither layer has data."""
+    newest = state.speed_max_event_time
+    speed_end = newest.replace(second=0, microsecond=0) + timedelta(minutes=1) if newest else None
+    ends = [end for end in (speed_end, state.batch_watermark) if end is not None]
+    return max(ends) if ends else None
+
+
 def _as_of(state: ViewState, as_of: datetime | None) -> datetime:
-    """T: the given time, else the speed watermark, else the batch watermark, else now."""
-    return as_of or state.speed_watermark or state.batch_watermark or datetime.now(UTC)
+    """T: the given time, else the default (`default_as_of`), else now."""
+    return as_of or default_as_of(state) or datetime.now(UTC)
 
 
 def _header(state: ViewState, country: str | None, end: datetime, minutes: int) -> dict[str, Any]:

@@ -26,10 +26,12 @@ from lambda_arch.batch import layer as batch
 from lambda_arch.batch.lake import Lake
 from lambda_arch.common.config import Settings
 from lambda_arch.common.storage import pyarrow_filesystem
+from lambda_arch.common.times import parse_optional_time
 from lambda_arch.serving.store import (
     MICROS,
     ServingStore,
     drop_batch_day,
+    epoch_micros,
     epoch_seconds,
     insert_speed,
     iso,
@@ -216,6 +218,8 @@ def refresh_view(
     batch_watermark = contiguous_watermark(first_day, computed)
     speed_state = speed.read_speed_state(paths, spec.speed_query) or {}
     speed_watermark = parse_iso(speed_state["watermark"]) if speed_state.get("watermark") else None
+    # The newest event time the speed layer has counted: answers default to the minute after it.
+    speed_newest = parse_optional_time(speed_state.get("max_event_time"))
 
     # The whole refresh holds the store's write lock: two refreshes at once (a sensor's run and
     # `lambda-arch run`) would otherwise both add the same speed micro-batches.
@@ -265,13 +269,15 @@ def refresh_view(
         if cut is not None:
             report.speed_rows_pruned = prune_speed(connection, spec, cut)
         connection.execute(
-            "INSERT OR REPLACE INTO views VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO views (view, batch_watermark, speed_watermark, "
+            "speed_last_batch, refreshed_at, speed_max_event_time) VALUES (?, ?, ?, ?, ?, ?)",
             (
                 view,
                 epoch_seconds(batch_watermark) if batch_watermark else None,
                 epoch_seconds(speed_watermark) if speed_watermark else None,
                 max(committed[-1] if committed else -1, -1),
                 iso(datetime.now(UTC)),
+                epoch_micros(speed_newest) if speed_newest else None,
             ),
         )
     report.batch_days_loaded = list(loaded)

@@ -30,19 +30,20 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from lambda_arch.common.config import Settings
-from lambda_arch.common.times import format_optional_time, parse_time
+from lambda_arch.common.times import EPOCH, format_optional_time, parse_time
 from lambda_arch.views.spec import SESSIONS, VIEWS, ViewSpec
 
 STORE_FILE = "serving.sqlite3"
 MICROS = 1_000_000  # session times are stored as epoch microseconds
 # PRAGMA user_version of the store's layout: 1 added the hourly roll-ups (a file at 0 gets them
-# filled from its minute tables when opened).
-SCHEMA_VERSION = 1
+# filled from its minute tables when opened), 2 the views' speed_max_event_time (added empty:
+# the next refresh fills it).
+SCHEMA_VERSION = 2
 HOUR_S = 3600
 ALL_COUNTRIES = "*"  # the roll-ups' country of the sum over all countries (no ISO code)
 # Bounds that hold every stored time (seconds or microseconds): "all rows" as a range.
@@ -102,9 +103,11 @@ CREATE INDEX IF NOT EXISTS sessions_speed_end ON sessions_speed (session_end);
 -- computed_at: the version of the day's computation the store holds (computed_batch_days).
 CREATE TABLE IF NOT EXISTS batch_days (view TEXT NOT NULL, dt TEXT NOT NULL,
     computed_at TEXT NOT NULL, rows INTEGER NOT NULL, PRIMARY KEY (view, dt)) WITHOUT ROWID;
+-- Watermarks in epoch seconds; speed_max_event_time, the newest event time the speed layer has
+-- counted (an answer's default as-of time, lambda_arch.serving.answers), in epoch microseconds.
 CREATE TABLE IF NOT EXISTS views (view TEXT PRIMARY KEY, batch_watermark INTEGER,
     speed_watermark INTEGER, speed_last_batch INTEGER NOT NULL DEFAULT -1,
-    refreshed_at TEXT) WITHOUT ROWID;
+    refreshed_at TEXT, speed_max_event_time INTEGER) WITHOUT ROWID;
 """
 
 
@@ -134,6 +137,16 @@ def time_from_seconds(value: int | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
+def epoch_micros(moment: datetime) -> int:
+    """A time as the store keeps event and session times: epoch microseconds, exactly."""
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def time_from_micros(value: int | None) -> datetime | None:
+    """The time of stored epoch microseconds, exactly; None stays None."""
+    return None if value is None else EPOCH + timedelta(microseconds=value)
+
+
 def hour_floor(seconds: int) -> int:
     """The start of the hour holding `seconds` (epoch seconds)."""
     return seconds // HOUR_S * HOUR_S
@@ -160,17 +173,23 @@ def _write_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Conne
 
 def _upgrade(connection: sqlite3.Connection) -> None:
     """Bring a store written by older code to SCHEMA_VERSION: fill the hourly roll-ups (created
-    empty by _SCHEMA) from the minute tables. A new store passes here once, with nothing to fill.
+    empty by _SCHEMA) from the minute tables, add the views' speed_max_event_time. A new store
+    passes here once, with nothing to fill.
     """
     if connection.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
     with _write_transaction(connection):
         # Another process may have upgraded the file since the check: look again under the lock.
-        if connection.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
             return
-        for spec in VIEWS.values():
-            for table in spec.rolled_up:
-                _roll_up(connection, spec, table, *_EVERYTHING)
+        if version < 1:
+            for spec in VIEWS.values():
+                for table in spec.rolled_up:
+                    _roll_up(connection, spec, table, *_EVERYTHING)
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(views)")}
+        if "speed_max_event_time" not in columns:
+            connection.execute("ALTER TABLE views ADD COLUMN speed_max_event_time INTEGER")
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -181,6 +200,8 @@ class ViewState:
     speed_watermark: datetime | None
     speed_last_batch: int
     refreshed_at: str | None
+    # The newest event time the speed layer has counted (None: it has counted nothing).
+    speed_max_event_time: datetime | None = None
 
 
 class ServingStore:
@@ -237,13 +258,20 @@ class ServingStore:
     def view_state(self, view: str, connection: sqlite3.Connection | None = None) -> ViewState:
         connection = connection or self._connection()
         row = connection.execute(
-            "SELECT batch_watermark, speed_watermark, speed_last_batch, refreshed_at "
-            "FROM views WHERE view = ?",
+            "SELECT batch_watermark, speed_watermark, speed_last_batch, refreshed_at, "
+            "speed_max_event_time FROM views WHERE view = ?",
             (view,),
         ).fetchone()
         if row is None:
             return ViewState(view, None, None, -1, None)
-        return ViewState(view, time_from_seconds(row[0]), time_from_seconds(row[1]), row[2], row[3])
+        return ViewState(
+            view,
+            time_from_seconds(row[0]),
+            time_from_seconds(row[1]),
+            row[2],
+            row[3],
+            time_from_micros(row[4]),
+        )
 
     def batch_days(self, view: str) -> dict[str, str]:
         rows = self._connection().execute(

@@ -4,19 +4,27 @@ hour, across the batch watermark), the default as-of time, and bad parameters.""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from lambda_arch.serving import answers
 from lambda_arch.serving.answers import reads_of, split_window
-from lambda_arch.serving.store import ServingError, ServingStore, iso, time_from_seconds
+from lambda_arch.serving.store import (
+    ServingError,
+    ServingStore,
+    epoch_micros,
+    iso,
+    time_from_seconds,
+)
 from tests.lambda_arch.serving.oracle import (
     ROLL_BATCH,
     ROLL_WATERMARKS,
+    Oracle,
     assert_roll_answers,
     assert_rollups_agree,
+    clean,
     roll_oracle,
     rolled_store,
     utc,
@@ -24,13 +32,43 @@ from tests.lambda_arch.serving.oracle import (
 from tests.lambda_arch.serving.pipeline import MIDNIGHT, Pipeline
 
 
-def test_default_as_of_is_the_speed_watermark(served: Pipeline) -> None:
-    state = served.store.view_state("trending")
-    assert state.speed_watermark is not None
-    answer = answers.trending(served.store)
-    assert answer["as_of"] == iso(state.speed_watermark.replace(second=0, microsecond=0))
-    assert answer["speed_watermark"] == iso(state.speed_watermark)
-    assert answer["window_minutes"] == 60 and answer["country"] is None
+def test_the_default_as_of_holds_the_newest_minute(served: Pipeline) -> None:
+    """CONTRACT section 6 (changed): without as_of, T is the end of the newest minute the speed
+    layer has counted, so the default answer holds every play counted so far, the newest
+    minute's included (T used to be the speed watermark, 10 minutes short of it)."""
+    events = clean(served.sent)
+    newest = max(e.event_time for e in events)
+    newest_minute = newest.replace(second=0, microsecond=0)
+    oracle = Oracle(events, events, MIDNIGHT, newest - timedelta(minutes=10))
+    for view, call in (("trending", answers.trending), ("discovery", answers.discovery)):
+        state = served.store.view_state(view)
+        assert state.speed_max_event_time == newest
+        answer = call(served.store)
+        assert answer["as_of"] == iso(newest_minute + timedelta(minutes=1))
+        # Both watermarks as before.
+        assert answer["speed_watermark"] == iso(state.speed_watermark)
+        assert answer["batch_watermark"] == iso(MIDNIGHT)
+        assert answer["window_minutes"] == 60 and answer["country"] is None
+    default = answers.trending(served.store, limit=1000)
+    assert default["titles"] == oracle.trending(
+        newest_minute + timedelta(minutes=1), 60, None, 1000
+    )
+    # The newest minute has plays, and the default answer counts every one of them.
+    end = newest_minute + timedelta(minutes=1)
+    in_window = [
+        e
+        for e in events
+        if e.event_type == "play_start" and end - timedelta(hours=1) <= e.event_time < end
+    ]
+    assert any(e.event_time >= newest_minute for e in in_window)
+    assert sum(row["plays"] for row in default["titles"]) == len(in_window)
+
+
+def test_the_default_as_of_without_speed_data_is_the_batch_watermark(tmp_path: Path) -> None:
+    store = rolled_store(tmp_path / "store.sqlite3", ROLL_BATCH, MIDNIGHT)
+    assert store.view_state("trending").speed_max_event_time is None
+    assert answers.trending(store)["as_of"] == iso(MIDNIGHT)
+    assert answers.default_as_of(store.view_state("trending")) == MIDNIGHT
 
 
 def test_the_split_follows_the_contract() -> None:
@@ -118,3 +156,25 @@ def test_an_empty_store_answers_empty(tmp_path: Path) -> None:
     }
     assert answers.discovery(store, as_of=utc(1, 0))["sources"] == []
     assert answers.sessions(store, member_id=1)["sessions"] == []
+
+
+def test_the_default_as_of_is_the_minute_after_the_newest_event(tmp_path: Path) -> None:
+    """Store level: with the speed layer's newest event time at 05:42:17.5, a default answer
+    ends at 05:43 (not at the speed watermark, 05:32:17.5, cut to 05:32) and counts 05:42."""
+    store = rolled_store(tmp_path / "store.sqlite3", ROLL_BATCH, MIDNIGHT)
+    newest = utc(5, 42) + timedelta(seconds=17, milliseconds=500)
+    with store.writing() as connection:
+        connection.execute(
+            "UPDATE views SET speed_watermark = ?, speed_max_event_time = ?",
+            (int((newest - timedelta(minutes=10)).timestamp()), epoch_micros(newest)),
+        )
+    for view, call in (("trending", answers.trending), ("discovery", answers.discovery)):
+        assert store.view_state(view).speed_max_event_time == newest
+        answer = call(store, window=1)
+        assert answer["as_of"] == "2026-03-02T05:43:00Z"
+        assert answer["speed_watermark"] == "2026-03-02T05:32:17Z"
+        assert answer == call(store, window=1, as_of=utc(5, 43))
+    oracle = roll_oracle(ROLL_BATCH, MIDNIGHT)
+    assert answers.trending(store, limit=1000)["titles"] == oracle.trending(
+        utc(5, 43), 60, None, 1000
+    )

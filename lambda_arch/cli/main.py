@@ -42,14 +42,15 @@ class IsoTime(click.ParamType):
     name = "ISO-8601 time"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from lambda_arch.serving.answers import check_time
         from lambda_arch.serving.store import ServingError, parse_iso
 
         if isinstance(value, datetime):
             return value
         try:
-            return parse_iso(str(value))  # the HTTP API's rule too
+            return check_time(parse_iso(str(value)), "")  # the HTTP API's rule too
         except ServingError as error:
-            self.fail(str(error), param, ctx)
+            self.fail(str(error).removeprefix(": "), param, ctx)
 
 
 class CountryCode(click.ParamType):
@@ -66,6 +67,8 @@ class CountryCode(click.ParamType):
 
 
 RATE = click.FloatRange(min=0, min_open=True)
+MAX_ID = 2**63 - 1  # member and title ids are int64 (CONTRACT section 2)
+ID = click.IntRange(min=0, max=MAX_ID)
 SHARE = click.FloatRange(min=0.0, max=0.5)
 
 
@@ -418,12 +421,16 @@ def _table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> list[s
 
 
 def _serving_call(call: Any) -> dict[str, Any]:
+    import sqlite3
+
     from lambda_arch.serving.store import ServingError
 
     try:
         return call()
     except ServingError as error:
         fail(str(error))
+    except sqlite3.Error as error:  # a locked, unreadable or damaged store file
+        fail(f"the serving store cannot be read: {error}")
 
 
 @cli.command()
@@ -469,23 +476,61 @@ def discovery(country: str | None, window: int, as_of: datetime | None, as_json:
 
 
 @cli.command()
-@click.option("--member", type=click.IntRange(min=0), required=True, help="member_id")
-@click.option("--title", type=click.IntRange(min=0), default=None, help="title_id")
+@click.option("--member", type=ID, required=True, help="member_id")
+@click.option("--title", type=ID, default=None, help="title_id")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1, max=1000),
+    default=100,
+    show_default=True,
+    help="Sessions per page.",
+)
+@click.option(
+    "--after",
+    type=IsoTime(),
+    default=None,
+    help="Page cursor: the session_start of the last session seen (the answer's next.after).",
+)
+@click.option(
+    "--after-title",
+    "after_title",
+    type=ID,
+    default=None,
+    help="Page cursor: that session's title_id (next.after_title).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def sessions(member: int, title: int | None, as_json: bool) -> None:
-    """Stitched viewing sessions of a member."""
+def sessions(
+    member: int,
+    title: int | None,
+    limit: int,
+    after: datetime | None,
+    after_title: int | None,
+    as_json: bool,
+) -> None:
+    """Stitched viewing sessions of a member, ordered by session_start, a page at a time."""
     from lambda_arch.serving import answers
 
     store = _store(settings())
-    document = _serving_call(lambda: answers.sessions(store, member_id=member, title_id=title))
-    columns = ["title_id", "session_start", "session_end", "events", "watched_ms"]
-    _answer(
-        document,
-        as_json,
-        lambda d: "\n".join(
-            [f"member {d['member_id']}", *_table(d["sessions"], columns, "no sessions")]
-        ),
+    document = _serving_call(
+        lambda: answers.sessions(
+            store,
+            member_id=member,
+            title_id=title,
+            limit=limit,
+            after=after,
+            after_title=after_title,
+        )
     )
+    columns = ["title_id", "session_start", "session_end", "events", "watched_ms"]
+
+    def table(d: dict[str, Any]) -> str:
+        lines = [f"member {d['member_id']}", *_table(d["sessions"], columns, "no sessions")]
+        if d["next"]:
+            cursor = d["next"]
+            lines.append(f"more: --after {cursor['after']} --after-title {cursor['after_title']}")
+        return "\n".join(lines)
+
+    _answer(document, as_json, table)
 
 
 @cli.command()

@@ -25,39 +25,85 @@ from lambda_arch.serving.store import (
     ServingError,
     ServingStore,
     ViewState,
+    epoch_micros,
     epoch_seconds,
     hour_ceil,
     hour_floor,
     iso,
+    parse_iso,
 )
 from lambda_arch.views.spec import DISCOVERY, SESSIONS, TRENDING, ViewSpec
 
 DEFAULT_WINDOW_MIN = 60
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 1000
-# A year of minutes: longer windows are almost surely a typo (and a full scan).
-MAX_WINDOW_MIN = 366 * 24 * 60
+DEFAULT_SESSIONS_LIMIT = 100
+MAX_SESSIONS_LIMIT = 1000
+# The ceiling on the work of one request (README "Serving API limits"): a window of at most 31
+# days (44,640 minutes: about 750 hourly roll-up rows per key and layer, plus the minutes at its
+# edges), at most 1,000 titles or sessions, times within [MIN_TIME, MAX_TIME) and ids within
+# int64. Anything outside is a ServingError (HTTP 400, CLI exit 2), never a scan or a crash.
+MAX_WINDOW_MIN = 31 * 24 * 60
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9999, 12, 31, tzinfo=UTC)  # exclusive, as for event times (schema.py)
+MAX_ID = 2**63 - 1
+
+
+def _shown(value: object, width: int = 60) -> str:
+    """A value as an error message quotes it: repr, clipped."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def check_country(country: str | None) -> str | None:
     """The country as given if it is one the events can carry (or None: all); else ServingError."""
     if country is not None and country not in COUNTRIES:
-        raise ServingError(f"{country!r} is not an upper-case ISO 3166-1 alpha-2 country code")
+        raise ServingError(
+            f"country: {_shown(country)} is not an upper-case ISO 3166-1 alpha-2 country code"
+        )
     return country
 
 
 def check_window(minutes: int) -> int:
     """The window W in minutes if it is from 1 to MAX_WINDOW_MIN; else ServingError."""
     if not 1 <= minutes <= MAX_WINDOW_MIN:
-        raise ServingError(f"window must be a whole number of minutes from 1 to {MAX_WINDOW_MIN}")
+        raise ServingError(
+            f"window: must be a whole number of minutes from 1 to {MAX_WINDOW_MIN} (31 days)"
+        )
     return minutes
 
 
-def check_limit(limit: int) -> int:
-    """The number of titles K if it is from 1 to MAX_LIMIT; else ServingError."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ServingError(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+def check_limit(limit: int, most: int = MAX_LIMIT, name: str = "limit") -> int:
+    """A number of rows K if it is from 1 to `most`; else ServingError."""
+    if not 1 <= limit <= most:
+        raise ServingError(f"{name}: must be a whole number from 1 to {most}")
     return limit
+
+
+def check_time(moment: datetime | None, name: str = "as_of") -> datetime | None:
+    """A time (aware) if it lies in [MIN_TIME, MAX_TIME); else ServingError."""
+    if moment is not None and not MIN_TIME <= moment < MAX_TIME:
+        raise ServingError(
+            f"{name}: must lie in [{iso(MIN_TIME)}, {iso(MAX_TIME)}), got {iso(moment)}"
+        )
+    return moment
+
+
+def check_id(value: int | None, name: str) -> int | None:
+    """A member or title id (or None) if it is from 0 to 2^63 - 1; else ServingError."""
+    if value is not None and not 0 <= value <= MAX_ID:
+        raise ServingError(f"{name}: must be a whole number from 0 to {MAX_ID}")
+    return value
+
+
+def parse_time_parameter(text: str, name: str = "as_of") -> datetime:
+    """A time parameter's text as an aware UTC time in range; ServingError naming it otherwise."""
+    try:
+        moment = parse_iso(text)
+    except ServingError as error:
+        raise ServingError(f"{name}: {error}") from None
+    check_time(moment, name)
+    return moment
 
 
 def _from_micros(value: int) -> datetime:
@@ -186,7 +232,7 @@ def trending(
     limit: int = DEFAULT_LIMIT,
 ) -> dict[str, Any]:
     """CONTRACT section 6 trending JSON for (country, as-of, window, limit)."""
-    check_country(country), check_window(window), check_limit(limit)
+    check_country(country), check_window(window), check_limit(limit), check_time(as_of)
     with store.snapshot() as connection:
         state = store.view_state(TRENDING.name, connection)
         span = Window.ending_at(_as_of(state, as_of), window)
@@ -203,7 +249,7 @@ def discovery(
     window: int = DEFAULT_WINDOW_MIN,
 ) -> dict[str, Any]:
     """CONTRACT section 6 discovery JSON: plays and share (4 decimals) per source."""
-    check_country(country), check_window(window)
+    check_country(country), check_window(window), check_time(as_of)
     with store.snapshot() as connection:
         state = store.view_state(DISCOVERY.name, connection)
         span = Window.ending_at(_as_of(state, as_of), window)
@@ -212,32 +258,67 @@ def discovery(
     return {**_header(state, country, span.end, window), "sources": shares(rows)}
 
 
-def sessions(store: ServingStore, *, member_id: int, title_id: int | None = None) -> dict[str, Any]:
-    """A member's sessions ordered by session_start: batch ones that end before the batch
-    watermark, speed ones that end at or after it."""
-    if member_id < 0 or (title_id is not None and title_id < 0):
-        raise ServingError("member_id and title_id must be whole numbers >= 0")
+def sessions(
+    store: ServingStore,
+    *,
+    member_id: int,
+    title_id: int | None = None,
+    limit: int = DEFAULT_SESSIONS_LIMIT,
+    after: datetime | None = None,
+    after_title: int | None = None,
+) -> dict[str, Any]:
+    """A member's sessions ordered by (session_start, title_id): batch ones that end before the
+    batch watermark, speed ones that end at or after it; at most `limit` of them.
+
+    Paging: a member's sessions of one title never start at the same time, so (session_start,
+    title_id) names one session. `after` (a session_start) with `after_title` (a title_id)
+    starts the page after that session; `after` alone, after every session that starts at or
+    before it. The answer's `next` is the cursor of the following page ({"after": ...,
+    "after_title": ...}), null on the last page.
+    """
+    check_id(member_id, "member_id"), check_id(title_id, "title_id")
+    check_limit(limit, MAX_SESSIONS_LIMIT)
+    check_time(after, "after"), check_id(after_title, "after_title")
+    if after_title is not None and after is None:
+        raise ServingError("after_title: needs after (the session_start of the same session)")
     title_filter = " AND title_id = ?" if title_id is not None else ""
-    extra = (title_id,) if title_id is not None else ()
+    extra: tuple[Any, ...] = (title_id,) if title_id is not None else ()
+    # Keyset paging on (session_start, title_id); `after` alone: MAX_ID is at or above every title.
+    if after is not None:
+        title_filter += " AND (session_start, title_id) > (?, ?)"
+        extra += (
+            epoch_micros(after),
+            after_title if after_title is not None else MAX_ID,
+        )
+    # One more row than the page: whether there is a next page.
+    wanted = limit + 1
     with store.snapshot() as connection:
         state = store.view_state(SESSIONS.name, connection)
         cut = int(state.batch_watermark.timestamp()) * MICROS if state.batch_watermark else None
         columns = "title_id, session_start, session_end, events, watched_ms"
+        order = " ORDER BY session_start, title_id, session_end LIMIT ?"
         batch_rows = connection.execute(
             f"SELECT {columns} FROM sessions_batch WHERE member_id = ?{title_filter} "
-            "AND session_end < ?",
-            (member_id, *extra, cut if cut is not None else -(2**62)),
+            f"AND session_end < ?{order}",
+            (member_id, *extra, cut if cut is not None else -(2**62), wanted),
         ).fetchall()
         speed_rows = connection.execute(
             f"SELECT {columns} FROM sessions_speed WHERE member_id = ?{title_filter} "
-            "AND session_end >= ?",
-            (member_id, *extra, cut if cut is not None else -(2**62)),
+            f"AND session_end >= ?{order}",
+            (member_id, *extra, cut if cut is not None else -(2**62), wanted),
         ).fetchall()
     rows = sorted([*batch_rows, *speed_rows], key=lambda r: (r[1], r[0], r[2]))
+    page, more = rows[:limit], len(rows) > limit
+    last = page[-1] if more else None
     return {
         "member_id": member_id,
         "batch_watermark": iso(state.batch_watermark),
         "speed_watermark": iso(state.speed_watermark),
+        "next": (
+            None
+            if last is None
+            else {"after": iso(_from_micros(last[1])), "after_title": int(last[0])}
+        ),
         "sessions": [
             {
                 "title_id": int(title),
@@ -246,7 +327,7 @@ def sessions(store: ServingStore, *, member_id: int, title_id: int | None = None
                 "events": int(events),
                 "watched_ms": int(watched),
             }
-            for title, start, end, events, watched in rows
+            for title, start, end, events, watched in page
         ],
     }
 

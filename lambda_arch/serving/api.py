@@ -1,12 +1,15 @@
 """The HTTP API of the serving layer (CONTRACT section 7): `lambda-arch serve`.
 
-Bodies are exactly the CLI's JSON (both call `lambda_arch.serving.answers`); a bad
-parameter gets 400 with `{"error": "..."}`. FastAPI serves the OpenAPI description at
-`/openapi.json` and pages at `/docs` and `/redoc`.
+Bodies are exactly the CLI's JSON (both call `lambda_arch.serving.answers`); a parameter
+outside its domain gets 400 with `{"error": "<parameter>: ..."}`, a store that cannot be read
+503; never a 500. The work one request may cause has a ceiling (answers.py: a window of at
+most 31 days, at most 1,000 rows, times in [1970-01-01, 9999-12-31)). FastAPI serves the
+OpenAPI description at `/openapi.json` and pages at `/docs` and `/redoc`.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
@@ -14,10 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from lambda_arch.serving import answers
-from lambda_arch.serving.store import ServingError, ServingStore, iso, parse_iso
+from lambda_arch.serving.store import ServingError, ServingStore, iso
 from lambda_arch.views.spec import VIEWS
 
 BAD_REQUEST = 400
+UNAVAILABLE = 503
+_TIME_RANGE = f"[{iso(answers.MIN_TIME)}, {iso(answers.MAX_TIME)})"
 
 # Query parameters (module level: FastAPI resolves the annotations by name).
 Country = Annotated[
@@ -25,21 +30,39 @@ Country = Annotated[
 ]
 Window = Annotated[
     int,
-    Query(ge=1, le=answers.MAX_WINDOW_MIN, description="Window length W in minutes"),
+    Query(
+        ge=1,
+        le=answers.MAX_WINDOW_MIN,
+        description=f"Window length W in minutes, 1 to {answers.MAX_WINDOW_MIN} (31 days)",
+    ),
 ]
 AsOf = Annotated[
     str | None,
-    Query(description="T, ISO-8601 with offset; default the speed (else batch) watermark"),
+    Query(
+        description=(
+            f"T, ISO-8601 with offset (Z or +HH:MM) in {_TIME_RANGE}, cut down to the minute. "
+            "Default: the end of the newest minute the speed layer has counted (the batch "
+            "watermark when the speed layer has counted nothing)"
+        )
+    ),
 ]
+Id = Annotated[int, Query(ge=0, le=answers.MAX_ID)]
+
+
+def _clipped(value: object, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _validation_message(error: RequestValidationError) -> str:
-    """FastAPI's first validation error as one line naming the parameter."""
+    """FastAPI's first validation error as one line naming the parameter (the value it got
+    quoted and clipped: a hostile value is not echoed whole)."""
     first: dict[str, Any] = error.errors()[0]
     name = str(first.get("loc", ["", "parameter"])[-1])
     given = first.get("input")
-    shown = f" (got {given!r})" if given is not None and not isinstance(given, dict) else ""
-    return f"{name}: {first.get('msg', 'invalid')}{shown}"
+    shown = f" (got {_clipped(given)})" if given is not None and not isinstance(given, dict) else ""
+    message = " ".join(str(first.get("msg", "invalid")).split())
+    return f"{name}: {message}{shown}"
 
 
 def create_app(store: ServingStore) -> FastAPI:
@@ -61,18 +84,32 @@ def create_app(store: ServingStore) -> FastAPI:
     async def _bad_value(_: Request, error: ServingError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=BAD_REQUEST)
 
-    def as_of_time(as_of: str | None) -> Any:
-        return parse_iso(as_of) if as_of is not None else None
+    @app.exception_handler(sqlite3.Error)
+    async def _store_unavailable(_: Request, error: sqlite3.Error) -> JSONResponse:
+        # A locked, missing or damaged store file: the server's trouble, not a crash.
+        message = " ".join(str(error).split())
+        return JSONResponse(
+            {"error": f"the serving store cannot be read: {message}"}, status_code=UNAVAILABLE
+        )
+
+    def time_parameter(text: str | None, name: str) -> Any:
+        return answers.parse_time_parameter(text, name) if text is not None else None
 
     @app.get("/trending", summary="Titles ranked by plays in [T-W, T)")
     def trending(
         country: Country = None,
         window: Window = answers.DEFAULT_WINDOW_MIN,
         as_of: AsOf = None,
-        limit: Annotated[int, Query(ge=1, le=answers.MAX_LIMIT)] = answers.DEFAULT_LIMIT,
+        limit: Annotated[
+            int, Query(ge=1, le=answers.MAX_LIMIT, description="Top K titles, 1 to 1000")
+        ] = answers.DEFAULT_LIMIT,
     ) -> dict[str, Any]:
         return answers.trending(
-            store, country=country, window=window, as_of=as_of_time(as_of), limit=limit
+            store,
+            country=country,
+            window=window,
+            as_of=time_parameter(as_of, "as_of"),
+            limit=limit,
         )
 
     @app.get("/discovery", summary="Plays and share per discovery source in [T-W, T)")
@@ -81,14 +118,43 @@ def create_app(store: ServingStore) -> FastAPI:
         window: Window = answers.DEFAULT_WINDOW_MIN,
         as_of: AsOf = None,
     ) -> dict[str, Any]:
-        return answers.discovery(store, country=country, window=window, as_of=as_of_time(as_of))
+        return answers.discovery(
+            store, country=country, window=window, as_of=time_parameter(as_of, "as_of")
+        )
 
-    @app.get("/sessions", summary="A member's stitched viewing sessions")
+    @app.get(
+        "/sessions",
+        summary="A member's stitched viewing sessions, a page at a time",
+        description=(
+            "Sessions ordered by (session_start, title_id), at most `limit` (default 100, at "
+            "most 1000). The body's `next` is the cursor of the following page: pass its "
+            "`after` and `after_title` to get it (null on the last page). `after` alone starts "
+            "after every session that starts at or before it."
+        ),
+    )
     def sessions(
-        member_id: Annotated[int, Query(ge=0)],
-        title_id: Annotated[int | None, Query(ge=0)] = None,
+        member_id: Id,
+        title_id: Annotated[int | None, Query(ge=0, le=answers.MAX_ID)] = None,
+        limit: Annotated[
+            int, Query(ge=1, le=answers.MAX_SESSIONS_LIMIT, description="Sessions per page")
+        ] = answers.DEFAULT_SESSIONS_LIMIT,
+        after: Annotated[
+            str | None,
+            Query(description=f"Cursor: a session_start (ISO-8601 with offset) in {_TIME_RANGE}"),
+        ] = None,
+        after_title: Annotated[
+            int | None,
+            Query(ge=0, le=answers.MAX_ID, description="Cursor: the title_id of that session"),
+        ] = None,
     ) -> dict[str, Any]:
-        return answers.sessions(store, member_id=member_id, title_id=title_id)
+        return answers.sessions(
+            store,
+            member_id=member_id,
+            title_id=title_id,
+            limit=limit,
+            after=time_parameter(after, "after"),
+            after_title=after_title,
+        )
 
     @app.get("/health", summary="Liveness, and the watermarks the answers stand on")
     def health() -> dict[str, Any]:

@@ -125,6 +125,8 @@ def parse_iso(text: str) -> datetime:
         return parse_time(text)
     except ValueError as error:
         raise ServingError(str(error)) from None
+    except OverflowError:  # in UTC, before year 1 or after 9999 (0001-01-01T00:00:00+01:00)
+        raise ServingError(f"{text[:60]!r} is out of the range of times") from None
 
 
 def epoch_seconds(moment: datetime) -> int:

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,14 +23,15 @@ from lambda_arch.runtime.broker import free_port
 from tests.lambda_arch.serving.pipeline import Pipeline
 
 
-@pytest.fixture(scope="module")
-def api_server(served: Pipeline) -> Iterator[tuple[str, Pipeline]]:
-    """(base URL, pipeline): `lambda-arch serve` on a free port over the served pipeline's home."""
+@contextmanager
+def serve_process(home: Path) -> Iterator[str]:
+    """`lambda-arch serve` on a free port over `home` (LAMBDA_ARCH_HOME): its base URL once
+    /health answers; stopped (SIGTERM) on exit."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMBDA_ARCH_")}
     port = free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "lambda-arch"), "serve", "--port", str(port)],
-        env={**env, "LAMBDA_ARCH_HOME": str(served.settings.home)},
+        env={**env, "LAMBDA_ARCH_HOME": str(home)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -45,10 +47,17 @@ def api_server(served: Pipeline) -> Iterator[tuple[str, Pipeline]]:
                 process.kill()
                 pytest.fail(f"lambda-arch serve did not start: {process.stderr.read()}")
             time.sleep(0.2)
-    yield base, served
+    yield base
     process.terminate()
     # uvicorn shuts down gracefully, then re-raises the signal it caught.
     assert process.wait(timeout=20) in (0, -15)
+
+
+@pytest.fixture(scope="module")
+def api_server(served: Pipeline) -> Iterator[tuple[str, Pipeline]]:
+    """(base URL, pipeline): `lambda-arch serve` on a free port over the served pipeline's home."""
+    with serve_process(served.settings.home) as base:
+        yield base, served
 
 
 @pytest.fixture

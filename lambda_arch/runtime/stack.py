@@ -5,6 +5,12 @@ cluster), the Dagster daemon and webserver, and optionally live synthetic traffi
 them. A child that dies stops the whole stack (exit 2, naming the child and its log); SIGINT or
 SIGTERM stops every child in reverse start order and returns normally (exit 0).
 
+A memory broker loses what it holds when it stops. So a clean stop first stops the traffic and
+Dagster (no run in flight), then lands what the topic holds (`final_landing`, bounded by
+FINAL_LANDING_TIMEOUT_S, said on the console), records the topic's end offsets as final, and only
+then stops Spark and the broker. While up runs it records the end offsets every few seconds, so
+that after a kill -9 the next speed run can count what was lost (lambda_arch.ingest.incarnations).
+
 Each child runs in its own process group with default signal handlers (see processes.spawn), so a
 stop request reaches the gRPC code servers and run workers that Dagster starts underneath.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -29,9 +36,12 @@ from typing import Any
 
 import psutil
 import yaml
+from kafka.errors import KafkaError
 
 from lambda_arch.common.config import Settings
 from lambda_arch.common.tags import SPARK_RUN_TAG
+from lambda_arch.ingest.incarnations import RECORD_EVERY_S, record_topic_ends
+from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError
 from lambda_arch.runtime.broker import (
     EmbeddedBroker,
     ServiceError,
@@ -52,6 +62,10 @@ from lambda_arch.runtime.spark_connect import ConnectServer
 
 WEBSERVER_TIMEOUT_S = 60.0
 POLL_S = 0.5
+# Most time a clean stop spends landing what a memory broker holds (about 45k events/s).
+FINAL_LANDING_TIMEOUT_S = 180.0
+# Children that a final landing needs: stopped after it.
+LANDING_NEEDS = ("broker", CONNECT_LOG_NAME)
 
 
 @dataclass(frozen=True)
@@ -262,6 +276,70 @@ def wait_for_http(url: str, service: Service, timeout_s: float = WEBSERVER_TIMEO
     )
 
 
+def record_ends(settings: Settings, *, final: bool = False) -> None:
+    """Record the topic's end offsets in the ledger (best effort: the topic may not exist yet,
+    the broker may be busy)."""
+    with contextlib.suppress(KafkaError, KafkaOffsetsError, OSError):
+        record_topic_ends(
+            settings.topic_ends_file, settings.bootstrap_servers, settings.topic, final=final
+        )
+
+
+def landing_lag(settings: Settings) -> int:
+    """Records on the topic that the landing query has not landed (0 when that is unknown)."""
+    from lambda_arch.speed.lag import measure_lag
+
+    checkpoint = settings.checkpoints_dir / "landing"
+    with contextlib.suppress(KafkaError, KafkaOffsetsError, OSError):
+        return measure_lag(
+            settings.bootstrap_servers, settings.topic, {"landing": checkpoint}
+        ).max_lag
+    return 0
+
+
+def land_before_stop(settings: Settings, timeout_s: float = FINAL_LANDING_TIMEOUT_S) -> None:
+    """Land what the topic holds before a memory broker stops, within timeout_s; say so."""
+    waiting = landing_lag(settings)
+    if waiting == 0:
+        return
+    print(f"lambda-arch: landing {waiting:,} events before the broker stops ...", flush=True)
+    log_path = settings.logs_dir / "final-landing.log"
+    started = time.monotonic()
+    process = spawn(
+        [sys.executable, "-m", "lambda_arch.runtime.final_landing"],
+        log_path=log_path,
+        env=child_env(settings),
+    )
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_process(process)
+        print(
+            f"lambda-arch: landing did not finish within {timeout_s:.0f} s: "
+            f"{landing_lag(settings):,} events not landed are lost with the memory broker "
+            "(the next run counts them)",
+            flush=True,
+        )
+        return
+    seconds = time.monotonic() - started
+    last = _last_line(log_path)
+    if process.returncode != 0:
+        print(
+            f"lambda-arch: landing failed after {seconds:.0f} s ({last}; see {log_path}): "
+            f"{landing_lag(settings):,} events not landed are lost with the memory broker "
+            "(the next run counts them)",
+            flush=True,
+        )
+        return
+    landed = json.loads(last)["records"]
+    print(f"lambda-arch: landed {landed:,} events ... done in {seconds:.0f} s", flush=True)
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else f"see {path}"
+
+
 def stop_all(services: list[Service], settings: Settings, older_children: set[int]) -> None:
     """Stop services in reverse start order, then any other child we started; drop PID files."""
     for service in reversed(services):
@@ -274,6 +352,17 @@ def stop_all(services: list[Service], settings: Settings, older_children: set[in
             stop_pid(child.pid)
     for path in settings.run_dir.glob("*.pid"):
         path.unlink(missing_ok=True)
+
+
+def stop_before_broker(services: list[Service], settings: Settings) -> None:
+    """A clean stop of the embedded broker: stop everything that produces or runs Spark jobs,
+    land what a memory broker holds, record the topic's end offsets as final."""
+    for service in reversed(services):
+        if service.name not in LANDING_NEEDS:
+            stop_process(service.process)
+    if settings.broker_storage == "memory":
+        land_before_stop(settings)
+    record_ends(settings, final=True)
 
 
 # The stack ---------------------------------------------------------------------------------------
@@ -346,6 +435,7 @@ def run_stack(settings: Settings, traffic: Traffic | None) -> None:
     lock_fd = claim_home(settings)
     services: list[Service] = []
     older_children = {child.pid for child in psutil.Process().children()}
+    clean = False
     # SIGHUP too: children run in sessions of their own, so a closed terminal would orphan them.
     stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, _raise_stop) for sig in stop_signals}
@@ -415,6 +505,7 @@ def run_stack(settings: Settings, traffic: Traffic | None) -> None:
             flush=True,
         )
         burst: subprocess.Popen[bytes] | None = None
+        next_record = time.monotonic()
         while True:
             elapsed = time.monotonic() - traffic_started
             due = traffic is not None and 0 < traffic.burst_after_s <= elapsed
@@ -436,14 +527,20 @@ def run_stack(settings: Settings, traffic: Traffic | None) -> None:
                         f"the {service.name} process exited unexpectedly with code {code}, so "
                         f"the stack stopped; see {service.log_path}"
                     )
+            if time.monotonic() >= next_record:
+                record_ends(settings)
+                next_record = time.monotonic() + RECORD_EVERY_S
             time.sleep(POLL_S)
     except _Stop:
         print("lambda-arch: stopping...", flush=True)
+        clean = True
     finally:
         # A second Ctrl-C must not cut the clean-up short and leave processes behind.
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
         try:
+            if clean and any(s.name == "broker" for s in services):
+                stop_before_broker(services, settings)
             stop_all(services, settings, older_children)
         finally:
             for sig, handler in previous.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -128,10 +129,11 @@ def lambda_arch_up(
         yield up
     finally:
         up.tree()
-        leftovers = list(up.seen.values())
+        # Only those still running: waiting on one that is gone (e.g. a final landing child that
+        # ended long ago) can fail inside psutil (pidfd_open: ENOENT).
+        leftovers = [proc for proc in up.seen.values() if proc.is_running()]
         for proc in leftovers:
-            if proc.is_running():
-                proc.kill()  # psutil checks the start time: never a recycled PID
+            proc.kill()  # psutil checks the start time: never a recycled PID
         psutil.wait_procs(leftovers, timeout=10)
         process.wait(timeout=10)
 
@@ -397,3 +399,132 @@ def test_demo_traffic_starts_before_midnight_and_its_commands_parse() -> None:
     params = produce.make_context("produce", burst[burst.index("produce") + 1 :]).params
     assert params["events"] == 400 and params["malformed"] == 0.5
     assert params["start"] == start + timedelta(hours=4)
+
+
+# Trust (issue 12): a clean stop of a memory broker loses nothing; a kill -9's loss is counted ---
+
+
+def stack_settings(up: Up) -> Settings:
+    """The settings `up` runs with, as a command next to it reads them (topic and home)."""
+    return Settings(
+        LAMBDA_ARCH_HOME=str(up.home),
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{up.broker_port}",
+        LAMBDA_ARCH_TOPIC_PARTITIONS=PARTITIONS,
+    )
+
+
+def lake_rows(settings: Settings) -> int:
+    """Rows landed in the home's lake (valid and quarantined), read without Spark."""
+    import pyarrow.dataset as pads
+
+    from lambda_arch.batch.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake
+
+    lake = Lake.from_settings(settings)
+    return sum(
+        pads.dataset(lake.location(t), format="parquet", partitioning="hive").count_rows()
+        for t in (EVENTS_TABLE, QUARANTINE_TABLE)
+        if Path(lake.location(t)).is_dir()
+    )
+
+
+def send_raw(bootstrap: str, count: int, prefix: str) -> None:
+    """Plays sent with a bare producer (which records no end offsets)."""
+    from lambda_arch.ingest.producer import make_producer
+
+    producer = make_producer(bootstrap)
+    for i in range(count):
+        moment = f"2026-03-01T12:{i // 60 % 60:02d}:{i % 60:02d}.000Z"
+        value = (
+            f'{{"event_id": "{prefix}{i}", "event_type": "play_start", "event_time": "{moment}",'
+            ' "member_id": 7, "title_id": 42, "country": "US"}'
+        )
+        producer.send("play-events", key=b"7", value=value.encode(), partition=i % PARTITIONS)
+    producer.flush()
+    producer.close()
+
+
+def data_lost_alerts(settings: Settings) -> list[dict]:
+    from lambda_arch.quality.alerts import read_alerts
+
+    return [a for a in read_alerts(settings.logs_dir / "alerts.jsonl") if a["kind"] == "data_lost"]
+
+
+def land_after_restart(spark, settings: Settings, port: int, lake, events: int):
+    """A new memory broker on the port, `events` produced, one landing run: its loss report."""
+    from lambda_arch.ingest.producer import ProduceRequest, run_produce
+    from lambda_arch.runtime.broker import EmbeddedBroker
+    from lambda_arch.speed.layer import run_landing
+
+    with EmbeddedBroker(port):
+        run_produce(settings, ProduceRequest(events=events, seed=events, progress=False))
+        report = run_landing(spark, settings, lake)
+    assert report.events_read == events
+    assert report.incarnation_loss is not None
+    return report.incarnation_loss
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_clean_stop_lands_everything_and_a_kill_9_loss_is_counted_and_alerted(
+    spark, tmp_path: Path
+) -> None:
+    from lambda_arch.batch.lake import Lake
+    from lambda_arch.ingest.incarnations import read_ledger
+    from lambda_arch.ingest.kafka_offsets import current_topic_id, end_offsets
+    from lambda_arch.ingest.producer import ProduceRequest, run_produce
+    from lambda_arch.ingest.source_offsets import checkpoint_offsets
+    from lambda_arch.speed.layer import checkpoint_of
+
+    home, ports = tmp_path / "home", (free_port(), free_port())
+    # Landing runs of this test's own Spark session write a lake of their own (the stack's
+    # Connect server owns the home's metastore); the checkpoint is the home's.
+    other_lake = Lake(str(tmp_path / "lake"), f"trust_{time.monotonic_ns()}")
+
+    # 1. Ctrl-C of a memory stack: up lands what the topic holds before its broker stops.
+    with lambda_arch_up(tmp_path, home, ports, connect_port=free_port()) as up:
+        up.wait_until_up()
+        settings = stack_settings(up)
+        run_produce(settings, ProduceRequest(events=300, seed=3, progress=False))
+        ends = end_offsets(settings.bootstrap_servers, settings.topic)
+        os.kill(up.process.pid, signal.SIGINT)
+        assert up.process.wait(timeout=300) == 0, up.stderr
+    assert "lambda-arch: landing " in up.stdout and " events before the broker stops" in up.stdout
+    assert "done in" in up.stdout, up.stdout
+    assert checkpoint_offsets(checkpoint_of(settings, "landing")) == ends
+    assert lake_rows(settings) == 300
+    (first,) = read_ledger(settings.topic_ends_file)["play-events"]
+    assert first["final"] and {int(p): o for p, o in first["end"].items()} == ends
+
+    # After a restart (a memory broker starts the topic again) nothing is lost or alerted.
+    loss = land_after_restart(spark, settings, ports[0], other_lake, 50)
+    assert (loss.total, loss.precision) == (0, "exact")
+    assert data_lost_alerts(settings) == []
+
+    # 2. kill -9 of a memory stack: up recorded the end offsets while it ran.
+    with lambda_arch_up(tmp_path, home, ports) as up:
+        up.wait_until_up()
+        send_raw(settings.bootstrap_servers, 120, "k")
+        killed_id = current_topic_id(settings.bootstrap_servers, settings.topic)
+        deadline = time.monotonic() + 60
+        while True:
+            entries = read_ledger(settings.topic_ends_file)["play-events"]
+            entry = next((e for e in entries if e["topic_id"] == killed_id), {"end": {}})
+            if sum(entry["end"].values()) == 120:
+                break
+            assert time.monotonic() < deadline, entries
+            time.sleep(0.5)
+        tree = full_tree(up)
+        os.kill(up.process.pid, signal.SIGKILL)
+        up.process.wait(timeout=30)
+        for process in tree:  # the broker outlives a killed up: it dies too, as on a crash
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(tree, timeout=30)
+
+    loss = land_after_restart(spark, settings, ports[0], other_lake, 30)
+    # The killed incarnation's 120 were never read; the one before it was read to its end.
+    assert (loss.total, loss.precision, loss.incarnations) == (120, "lower bound", 2)
+    assert loss.metadata()["records_lost"] == 120
+    (alert,) = data_lost_alerts(settings)
+    assert alert["severity"] == "ERROR" and alert["metadata"]["records_lost"] == 120
+    assert "at least 120 records" in alert["message"]

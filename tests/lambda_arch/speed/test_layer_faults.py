@@ -7,6 +7,7 @@
 - SIGKILL of a speed process in the middle of a micro-batch, then a rerun: no duplicate, no gap;
 - a restarted in-memory broker (a new incarnation of the topic): read from its start, every
   post-restart event landed and counted, the records lost with the old one counted and alerted;
+- a broker on s3:// storage restarted by kill -9: nothing lost, nothing counted twice.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from lambda_arch.ingest.kafka_offsets import end_offsets
 from lambda_arch.ingest.kafka_source import register_kafka_source
 from lambda_arch.ingest.producer import ensure_topic, make_producer
 from lambda_arch.ingest.schema import PlayEvent, Rejection, parse_payload
-from lambda_arch.ingest.source_offsets import checkpoint_offsets
+from lambda_arch.ingest.source_offsets import checkpoint_offsets, checkpoint_topic_id
 from lambda_arch.quality.alerts import read_alerts
 from lambda_arch.runtime.broker import EmbeddedBroker, free_port
 from lambda_arch.speed.lag import measure_lag
@@ -63,6 +64,7 @@ from lambda_arch.speed.layer import (
     run_trending_speed,
 )
 from lambda_arch.speed.streaming import StreamReport
+from tests.lambda_arch.common.test_storage import AWS_TEST_ENV, moto, s3_client  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[3]
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -748,5 +750,62 @@ def test_a_restarted_memory_broker_is_read_from_its_start_and_its_loss_counted(
         # The next runs are on the new incarnation: nothing lost, nothing alerted again.
         assert run_landing(spark, settings, lake).incarnation_loss is None
         assert len(read_alerts(settings.logs_dir / "alerts.jsonl")) == 1
+    finally:
+        second.stop()
+
+
+# 6. A durable broker: Tansu on s3:// storage ------------------------------------------------------
+
+
+@pytest.mark.timeout(600)  # restarts brokers; several speed runs
+def test_a_broker_on_s3_storage_restarted_by_kill_9_loses_nothing_and_counts_nothing_twice(
+    spark,
+    moto: str,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LAMBDA_ARCH_BROKER_STORAGE=s3://BUCKET/ (here a moto_server bucket): the broker's kill -9
+    and restart keep the topic, its id and its offsets; the speed runs go on exactly."""
+    bucket = f"broker-{uuid.uuid4().hex[:8]}"
+    s3_client(moto).create_bucket(Bucket=bucket)
+    for variable, value in {
+        **AWS_TEST_ENV,
+        "AWS_ENDPOINT": moto,
+        "AWS_ALLOW_HTTP": "true",
+        "LAMBDA_ARCH_BROKER_STORAGE": f"s3://{bucket}/",
+    }.items():
+        monkeypatch.setenv(variable, value)
+    storage = Settings().broker_storage  # as `up` reads it
+    port = free_port()
+    name = f"test-s3-{uuid.uuid4().hex[:8]}"
+    lake = Lake(str(tmp_path / "warehouse"), f"s3b_{uuid.uuid4().hex[:10]}")
+    paths = SpeedPaths(str(tmp_path / "speed"))
+
+    first = EmbeddedBroker(port, storage, log_path=tmp_path / "broker-1.log").start()
+    try:
+        ensure_topic(first.bootstrap_servers, name, 2)
+        topic = Topic(first.bootstrap_servers, name, 2)
+        topic.send([(i % 2, play(f"s{i}", START + timedelta(seconds=i))) for i in range(100)])
+        settings = speed_settings(tmp_path / "home", topic, max_events=500)
+        assert run_landing(spark, settings, lake).events_read == 100
+        topic.send([(i % 2, play(f"s{i}", START + timedelta(seconds=i))) for i in range(100, 160)])
+        old_id = checkpoint_topic_id(checkpoint_of(settings, "landing"))
+    finally:
+        assert first.process is not None
+        first.process.kill()  # no clean shutdown
+        first.process.wait()
+
+    second = EmbeddedBroker(port, storage, log_path=tmp_path / "broker-2.log").start()
+    try:
+        ensure_topic(second.bootstrap_servers, name, 2)  # exists: a no-op
+        assert end_offsets(second.bootstrap_servers, name) == {0: 80, 1: 80}
+        topic.send([(i % 2, play(f"s{i}", START + timedelta(seconds=i))) for i in range(160, 200)])
+        report = run_landing(spark, settings, lake)
+        assert report.events_read == 100 and report.incarnation_loss is None
+        assert checkpoint_topic_id(checkpoint_of(settings, "landing")) == old_id
+        events = [r.event_id for r in read_play_events(spark, lake).select("event_id").collect()]
+        assert sorted(events) == sorted(f"s{i}" for i in range(200))
+        assert run_trending_speed(spark, settings, paths).events_read == 200
+        assert trending_view(spark, paths) == expected_trending(list(topic.valid().values()))
     finally:
         second.stop()

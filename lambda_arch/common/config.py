@@ -49,6 +49,10 @@ EXPECTED: dict[str, str] = {
     "LAMBDA_ARCH_SPEED_STREAM_S": "a whole number of seconds >= 0 (0: no continuous views)",
     "LAMBDA_ARCH_SPEED_TRIGGER_S": "a number of seconds from 0.1 to 600, e.g. 2",
     "LAMBDA_ARCH_SHUFFLE_PARTITIONS": "a whole number from 1 to 10000",
+    "LAMBDA_ARCH_SPEED_RETENTION_HOURS": "a whole number of hours >= 0",
+    "LAMBDA_ARCH_QUARANTINE_RETENTION_DAYS": "a whole number of days >= 1",
+    "LAMBDA_ARCH_LOG_MAX_MB": "a number of megabytes > 0, e.g. 50",
+    "LAMBDA_ARCH_LOG_KEEP": "a whole number of rotated files from 1 to 100",
 }
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -129,6 +133,20 @@ class Settings(BaseSettings):
     shuffle_partitions: int = Field(
         8, ge=1, le=10_000, validation_alias="LAMBDA_ARCH_SHUFFLE_PARTITIONS"
     )
+    # Bounded disk (README "Disk use"). A speed micro-batch's folder is removed once serving has
+    # read it and every row of it is this many hours older than the batch watermark (0: as soon
+    # as the batch layer covers it); the margin keeps the newest computed day comparable by the
+    # speed-vs-batch check and answerable if that day is lost and recomputed.
+    speed_retention_hours: int = Field(
+        24, ge=0, le=24 * 366, validation_alias="LAMBDA_ARCH_SPEED_RETENTION_HOURS"
+    )
+    # Quarantine partitions (dt) older than this many days before today (UTC) are dropped.
+    quarantine_retention_days: int = Field(
+        30, ge=1, validation_alias="LAMBDA_ARCH_QUARANTINE_RETENTION_DAYS"
+    )
+    # Logs under logs_dir rotate past this size, keeping this many older files (name.log.1..K).
+    log_max_mb: float = Field(50.0, gt=0, validation_alias="LAMBDA_ARCH_LOG_MAX_MB")
+    log_keep: int = Field(3, ge=1, le=100, validation_alias="LAMBDA_ARCH_LOG_KEEP")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -221,6 +239,10 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def log_max_bytes(self) -> int:
+        return int(self.log_max_mb * 1024 * 1024)
 
     @property
     def run_dir(self) -> Path:

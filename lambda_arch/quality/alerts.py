@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lambda_arch.common.times import format_time, from_epoch_seconds
+from lambda_arch.runtime.processes import LogLimits, rotate_log
 
 AlertKind = Literal["check_failed", "run_failed", "data_lost", "sensor_failed"]
 
@@ -236,13 +237,16 @@ def alerts_log(logs_dir: Path) -> Path:
     return logs_dir / ALERTS_FILE
 
 
-def append_alerts(path: Path, alerts: Iterable[Alert]) -> int:
+def append_alerts(path: Path, alerts: Iterable[Alert], limits: LogLimits | None = None) -> int:
     """Append one JSON line per alert; returns how many were written.
 
     Each line goes out in a single write on a file opened with O_APPEND, so lines of the sensor
-    processes the daemon runs side by side never interleave.
+    processes the daemon runs side by side never interleave. A file over its limits (default:
+    LAMBDA_ARCH_LOG_MAX_MB, LAMBDA_ARCH_LOG_KEEP) is renamed to `alerts.jsonl.1` first; a writer
+    that opened it just before appends there, so no alert is lost.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    rotate_log(path, limits or LogLimits.from_env())
     written = 0
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

@@ -1,13 +1,20 @@
-"""Child processes that always stop: own process group, default signal handlers, logs to a file."""
+"""Child processes that always stop: own process group, default signal handlers, logs to a file.
+
+Logs are size-bounded (`rotate_log`): a log over `LAMBDA_ARCH_LOG_MAX_MB` is rotated when a child
+is spawned onto it, and `lambda-arch up` rotates its children's logs while they run; at most
+`LAMBDA_ARCH_LOG_KEEP` older files (`name.log.1` newest ... `name.log.K`) are kept.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -20,16 +27,64 @@ def _restore_default_signals() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
+@dataclass(frozen=True)
+class LogLimits:
+    """How large a log grows before it rotates, and how many rotated files are kept."""
+
+    max_bytes: int = 50 * 1024 * 1024
+    keep: int = 3
+
+    @classmethod
+    def from_env(cls) -> LogLimits:
+        """LAMBDA_ARCH_LOG_MAX_MB and LAMBDA_ARCH_LOG_KEEP (their defaults when invalid: a log
+        is rotated whatever else is misconfigured)."""
+        from lambda_arch.common.config import settings_or_defaults
+
+        settings, _ = settings_or_defaults()
+        return cls(settings.log_max_bytes, settings.log_keep)
+
+
+def rotate_log(path: Path, limits: LogLimits, *, copy_truncate: bool = False) -> bool:
+    """Rotate path when it is larger than limits.max_bytes: path.1 ... path.K shift up (the
+    oldest goes), path becomes path.1. Returns whether it rotated.
+
+    copy_truncate: copy to path.1 and empty path in place, for a log a running process holds
+    open in append mode (its next write lands at the new end; a line written between the copy
+    and the truncation is lost). Otherwise path is renamed: a writer that opens the file per
+    write (alerts.jsonl) loses nothing.
+    """
+    try:
+        if path.stat().st_size <= limits.max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    rotated = [path.with_name(f"{path.name}.{n}") for n in range(1, limits.keep + 1)]
+    rotated[-1].unlink(missing_ok=True)
+    for older, newer in zip(reversed(rotated[:-1]), reversed(rotated[1:]), strict=True):
+        if older.exists():
+            older.replace(newer)
+    if copy_truncate:
+        shutil.copyfile(path, rotated[0])
+        os.truncate(path, 0)
+    else:
+        path.replace(rotated[0])
+    return True
+
+
 def spawn(
     command: Sequence[str],
     *,
     log_path: Path | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    log_limits: LogLimits | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start command in its own process group, output appended to log_path (or discarded)."""
+    """Start command in its own process group, output appended to log_path (or discarded).
+
+    A log_path over its limits (default: LogLimits.from_env) is rotated first."""
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        rotate_log(log_path, log_limits or LogLimits.from_env())
         output = open(log_path, "ab")  # noqa: SIM115 - the child owns the handle
     else:
         output = subprocess.DEVNULL

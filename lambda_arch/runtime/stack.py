@@ -50,7 +50,9 @@ from lambda_arch.runtime.broker import (
     wait_for_kafka,
 )
 from lambda_arch.runtime.processes import (
+    LogLimits,
     pid_file_owner,
+    rotate_log,
     spawn,
     spawn_env,
     stop_pid,
@@ -62,6 +64,7 @@ from lambda_arch.runtime.spark_connect import ConnectServer
 
 WEBSERVER_TIMEOUT_S = 60.0
 POLL_S = 0.5
+ROTATE_EVERY_S = 30.0  # how often the running children's logs are checked against their limit
 # Most time a clean stop spends landing what a memory broker holds (about 45k events/s).
 FINAL_LANDING_TIMEOUT_S = 180.0
 # Children that a final landing needs: stopped after it.
@@ -506,6 +509,8 @@ def run_stack(settings: Settings, traffic: Traffic | None) -> None:
         )
         burst: subprocess.Popen[bytes] | None = None
         next_record = time.monotonic()
+        limits = LogLimits(settings.log_max_bytes, settings.log_keep)
+        next_rotation = time.monotonic() + ROTATE_EVERY_S
         while True:
             elapsed = time.monotonic() - traffic_started
             due = traffic is not None and 0 < traffic.burst_after_s <= elapsed
@@ -530,6 +535,11 @@ def run_stack(settings: Settings, traffic: Traffic | None) -> None:
             if time.monotonic() >= next_record:
                 record_ends(settings)
                 next_record = time.monotonic() + RECORD_EVERY_S
+            if time.monotonic() >= next_rotation:
+                # The children hold their logs open (O_APPEND): copy and truncate in place.
+                for service in services:
+                    rotate_log(service.log_path, limits, copy_truncate=True)
+                next_rotation = time.monotonic() + ROTATE_EVERY_S
             time.sleep(POLL_S)
     except _Stop:
         print("lambda-arch: stopping...", flush=True)

@@ -15,6 +15,7 @@ import pytest
 
 from lambda_arch.common.config import ConfigError, Settings
 from lambda_arch.quality import alerts
+from lambda_arch.runtime.processes import LogLimits
 
 FAST = alerts.DeliveryPolicy(attempts=3, timeout_s=1.0, backoff_s=0.05, budget_s=5.0)
 
@@ -215,3 +216,19 @@ def test_slow_webhook_is_bounded_by_the_budget(tmp_path: Path, receiver: Receive
 def test_no_webhook_only_logs(tmp_path: Path) -> None:
     report = alerts.publish([check_alert()], tmp_path, None)
     assert (report.logged, report.delivered, report.failed) == (1, 0, 0)
+
+
+def test_the_alerts_log_rotates_at_its_size_limit(tmp_path: Path) -> None:
+    log = alerts.alerts_log(tmp_path)
+    limits = LogLimits(max_bytes=2000, keep=2)
+    for n in range(60):
+        alerts.append_alerts(log, [check_alert(event_id=n)], limits)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["alerts.jsonl", "alerts.jsonl.1", "alerts.jsonl.2"]
+    line = len(log.read_text().splitlines()[0]) + 1
+    assert all((tmp_path / name).stat().st_size <= 2000 + line for name in files)
+    # Whole alerts everywhere, the newest last in the current file; the old code kept one file.
+    kept = [a for name in reversed(files) for a in alerts.read_alerts(tmp_path / name)]
+    assert kept[-1]["alert_id"] == check_alert(event_id=59).to_json()["alert_id"]
+    ids = [a["alert_id"] for a in kept]
+    assert ids == [check_alert(event_id=n).to_json()["alert_id"] for n in range(60)][-len(ids) :]

@@ -17,9 +17,11 @@ import psutil
 import pytest
 
 from lambda_arch.runtime.processes import (
+    LogLimits,
     descendants,
     isolated_env,
     pid_file_owner,
+    rotate_log,
     spawn,
     spawn_env,
     stop_pid,
@@ -220,3 +222,49 @@ def test_pid_files_name_a_live_owner_only(tmp_path: Path) -> None:
     assert pid_file_owner(path) is None  # it exited
     path.write_text("not a pid file\n")
     assert pid_file_owner(path) is None
+
+
+# Bounded logs -------------------------------------------------------------------------------
+
+
+def test_rotation_keeps_at_most_k_files_of_bounded_size(tmp_path: Path) -> None:
+    """Many rotations: the log and its K older files, none over the limit by more than the
+    last write, the newest content first; the old code kept one ever-growing file."""
+    limits = LogLimits(max_bytes=1000, keep=3)
+    log = tmp_path / "broker.log"
+    for n in range(40):
+        with log.open("ab") as out:
+            out.write(f"{n:04d}".encode() * 100)  # 400 bytes
+        rotate_log(log, limits)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["broker.log", "broker.log.1", "broker.log.2", "broker.log.3"]
+    assert all((tmp_path / name).stat().st_size <= 1000 + 400 for name in files)
+    assert (tmp_path / "broker.log.1").read_bytes().endswith(b"0038" * 100)
+    assert not rotate_log(tmp_path / "missing.log", limits)
+
+
+def test_spawn_rotates_a_full_log_and_running_children_are_copy_truncated(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "child.log"
+    log.write_bytes(b"x" * 5000)
+    limits = LogLimits(max_bytes=1000, keep=2)
+    writer = (
+        "import sys, time\n"
+        "for n in range(400):\n"
+        "    sys.stdout.write('line %04d ' % n + 'y' * 40 + '\\n'); sys.stdout.flush()\n"
+        "    time.sleep(0.005)\n"
+    )
+    process = spawn([sys.executable, "-c", writer], log_path=log, log_limits=limits)
+    assert (tmp_path / "child.log.1").read_bytes() == b"x" * 5000  # rotated at start
+    sizes = []
+    while process.poll() is None:
+        rotate_log(log, limits, copy_truncate=True)  # what `lambda-arch up` does every 30 s
+        sizes.append(log.stat().st_size)
+        time.sleep(0.05)
+    assert process.returncode == 0
+    assert max(sizes) < 1000 + 60 * 20  # the limit plus what a tick lets the child write
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["child.log", "child.log.1", "child.log.2"]
+    # The child went on appending at the truncated file's end: no hole of NUL bytes.
+    assert b"\0" not in log.read_bytes()
+    assert log.read_bytes().rstrip().endswith(b"line 0399 " + b"y" * 40)

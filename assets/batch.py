@@ -27,6 +27,7 @@ from dagster._core.storage.tags import (
 from assets.speed import RAW_ASSET
 from lambda_arch.batch import layer as batch
 from lambda_arch.batch.lake import Lake
+from lambda_arch.batch.retention import drop_old_quarantine
 from lambda_arch.common.config import definition_settings
 from lambda_arch.common.tags import SPARK_BATCH, SPARK_RUN_TAG
 from lambda_arch.serving.ranking import markdown_table
@@ -117,7 +118,14 @@ def _batch_asset(table: str, deps: list[AssetKey], description: str):
             f"{table}: {len(days)} day(s) {days[0]}..{days[-1]}, "
             f"{sum(r.rows for r in results)} rows"
         )
-        return MaterializeResult(metadata={**day_metadata(results), **write.lock.metadata()})
+        metadata = {**day_metadata(results), **write.lock.metadata()}
+        if table == batch.CLEAN_TABLE:
+            # Bounded disk: the quarantine keeps LAMBDA_ARCH_QUARANTINE_RETENTION_DAYS.
+            retention = drop_old_quarantine(spark.session(), lake, config.quarantine_retention_days)
+            if retention.dropped:
+                context.log.info(f"quarantine: dropped days {', '.join(retention.dropped)}")
+            metadata.update(retention.metadata())
+        return MaterializeResult(metadata=metadata)
 
     return _asset
 

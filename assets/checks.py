@@ -166,7 +166,9 @@ def reading_batch_tables(
     context: AssetCheckExecutionContext, config: Settings, lake: Lake
 ) -> AbstractContextManager[Any]:
     """The lake's batch-writer lock, shared: checks read while no other run writes."""
-    return batch.reading_batch(lake, speed.lock_dir_of(config), owner=f"check run {context.run_id}")
+    return batch.reading_batch(
+        lake, speed.lock_dir_of(config), owner=f"check run {context.run.run_id}"
+    )
 
 
 @asset_check(

@@ -174,14 +174,18 @@ class Lake:
         table: str,
         columns: Sequence[tuple[str, str]],
         partitioning: Sequence[tuple[str, str]],
-    ) -> None:
-        """Create a partitioned Parquet table at its place in the lake unless it exists.
+        *,
+        recover: bool = True,
+    ) -> bool:
+        """Create a partitioned Parquet table at its place in the lake unless it exists; True
+        when it was created.
 
         A table created over files already there (a new or lost metastore, another
-        LAMBDA_ARCH_HOME over the same warehouse) gets its partitions registered from them.
+        LAMBDA_ARCH_HOME over the same warehouse) gets its partitions registered from them,
+        unless `recover` is False (the batch tables register theirs from their state files).
         """
         if spark.catalog.tableExists(f"{self.database}.{table}"):
-            return
+            return False
         filesystem, path = self._table_path(table)
         if _is_local(filesystem):
             # An existing folder spares Spark a FileNotFoundException warning per table.
@@ -191,8 +195,9 @@ class Lake:
             f"USING parquet PARTITIONED BY ({', '.join(f'`{n}`' for n, _ in partitioning)}) "
             f"LOCATION '{hadoop_uri(self.location(table))}'"
         )
-        if self.data_files(table):
+        if recover and self.data_files(table):
             spark.sql(f"ALTER TABLE {self.table(table)} RECOVER PARTITIONS")
+        return True
 
     # Metadata without a scan -----------------------------------------------------------------
 

@@ -13,11 +13,17 @@ The serving layer merges sessions at the batch watermark by session_end for the 
 D-1 is read whole, so a session that ends on D is exact when it lasted less than a day
 (longer chains of events less than 30 minutes apart are cut at D-1 00:00).
 
-Every day is written with a static `INSERT OVERWRITE ... PARTITION (dt=D)`: a rerun replaces
-exactly that day (an empty result empties it), never another one, and the rows come out sorted,
-so reruns are stable in content. A backfill of a range runs the days one after another in one
-Spark session, holding the lake's batch-writer lock (a file lock in LAMBDA_ARCH_HOME/locks, the
-speed checkpoints' mechanism): whoever launched two overlapping runs, the second waits.
+A run computes a range of days with one Spark job per table (`compute_range`), whatever the
+number of days: per-day jobs made a long backfill cost minutes of fixed overhead per day and
+per-day conditions made plans too deep for Spark Connect. A computation never overwrites: it
+writes every day aside to `<table>/dt=D/v=<version>` (a folder per computation), then swaps each
+day to it (the Hive partition's location for Spark's readers, then the day's state file, which
+names the version, for pyarrow readers), then deletes the previous folder. A failure before the
+swap leaves the previous rows and state of every day as they were; the next successful
+computation of a day deletes folders a failed attempt left. A rerun replaces exactly its days
+(an empty result empties them), never another one, and the rows come out sorted, so reruns are
+stable in content. Runs hold the lake's batch-writer lock (a file lock in LAMBDA_ARCH_HOME/locks,
+the speed checkpoints' mechanism): whoever launched two overlapping runs, the second waits.
 
 Staleness: before computing D, `day_signature` counts the raw rows D's answers depend on (rows
 of D-1 and D from the landed file names, no scan; rows of D+1 before 00:30 from the event_time
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -36,14 +43,16 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lambda_arch.batch.lake import EVENTS_SCHEMA, EVENTS_TABLE, Lake, read_play_events
 from lambda_arch.common.files import write_bytes
 from lambda_arch.common.locks import LockBusyError, LockHold, file_lock, lock_path
-from lambda_arch.common.storage import pyarrow_filesystem
+from lambda_arch.common.storage import hadoop_uri, pyarrow_filesystem
 from lambda_arch.common.times import parse_optional_time
 from lambda_arch.ingest.spark_schema import SPARK_EVENT_COLUMNS
 from lambda_arch.views import spec as views
@@ -56,7 +65,7 @@ from lambda_arch.views.transforms import (
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
     from lambda_arch.common.config import Settings
 
@@ -137,7 +146,33 @@ def ensure_batch_tables(spark: SparkSession, lake: Lake) -> None:
     lake.ensure_tables(spark)
     for table in BATCH_VIEWS:
         columns = [(name, _VIEW_TYPES[name]) for name in TABLE_COLUMNS[table]]
-        lake.create_table(spark, table, [*columns, ("dt", "string")], [("dt", "string")])
+        # Not RECOVER PARTITIONS: it would point each day at dt=D, every version inside.
+        created = lake.create_table(
+            spark, table, [*columns, ("dt", "string")], [("dt", "string")], recover=False
+        )
+        if created:
+            _register_computed_days(spark, lake, table)
+
+
+def _register_computed_days(spark: SparkSession, lake: Lake, table: str) -> None:
+    """Register a table's computed days at the versions their states name (a new metastore
+    over a lake computed before)."""
+    filesystem, folder = _state_folder(lake, table)
+    days = []
+    for info in filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+        try:
+            day = date.fromisoformat(info.base_name.removesuffix(".json"))
+        except ValueError:
+            continue
+        state = read_day_state(lake, table, day)
+        if state is not None:
+            days.append((day, hadoop_uri(day_location(lake, table, day, state.get("version")))))
+    for chunk in range(0, len(days), 500):
+        specs = " ".join(
+            f"PARTITION (dt = '{day.isoformat()}') LOCATION '{location}'"
+            for day, location in days[chunk : chunk + 500]
+        )
+        spark.sql(f"ALTER TABLE {lake.table(table)} ADD IF NOT EXISTS {specs}")
 
 
 def read_batch_view(
@@ -153,92 +188,270 @@ def read_batch_view(
     return frame
 
 
-# Pure views of one day ---------------------------------------------------------------------------
+# Views of a range of days (one Spark job per table, whatever the number of days) ------------------
+
+VERSION_COLUMN = "v"  # the folder of one computation inside a day's folder: dt=D/v=<version>
+_MICROS_PER_DAY = 86_400_000_000
+_MICROS_PER_HOUR = 3_600_000_000
+_TARGET = "__day"  # sessions: the day whose sessions an event is stitched for
 
 
-def clean_day(raw: DataFrame) -> DataFrame:
-    """One day's raw events -> its clean events: one row per event_id, the clean columns."""
-    return deduplicate(raw.select(*CLEAN_COLUMNS)).select(*CLEAN_COLUMNS)
-
-
-def sessions_ending_on(events: DataFrame, day: date) -> DataFrame:
-    """Sessions of deduplicated events whose last event falls on `day` (half-open UTC day)."""
+def utc_date(ts: Column) -> Column:
+    """yyyy-MM-dd of a timestamp in UTC, by arithmetic on epoch micros (any session time zone)."""
     from pyspark.sql import functions as F
 
-    end = F.col("session_end")
-    return stitch_sessions(events).where(
-        (end >= F.lit(day_start(day))) & (end < F.lit(day_end(day)))
-    )
+    days = F.floor(F.unix_micros(ts) / F.lit(_MICROS_PER_DAY)).cast("int")
+    return F.date_from_unix_date(days).cast("string")
 
 
-def _raw(spark: SparkSession, lake: Lake, day: date, hours: Iterable[int] | None = None):
+def _keys(days: Iterable[date]) -> list[str]:
+    return sorted({day.isoformat() for day in days})
+
+
+def _deduplicated_raw(
+    spark: SparkSession, lake: Lake, days: Iterable[date], hours: Sequence[int] | None = None
+) -> DataFrame:
+    """Raw events of days, each day deduplicated on its own (as its clean partition is)."""
     from pyspark.sql import functions as F
 
-    frame = read_play_events(spark, lake, [day.isoformat()])
+    raw = read_play_events(spark, lake, _keys(days))
     if hours is not None:
-        frame = frame.where(F.col("hour").isin(list(hours)))
-    return frame
+        raw = raw.where(F.col("hour").isin(list(hours)))
+    return deduplicate(raw.select(*CLEAN_COLUMNS, "dt"), by=["dt"])
 
 
-def day_frame(spark: SparkSession, lake: Lake, table: str, day: date) -> DataFrame:
-    """One batch table's rows for `day` (lazy). The views read the day's play_events_clean
-    partition, so it must be computed first (compute_day and the asset graph see to that)."""
+def range_frame(spark: SparkSession, lake: Lake, table: str, days: Sequence[date]) -> DataFrame:
+    """One batch table's rows for all `days`, with their `dt` (lazy). The views read the days'
+    play_events_clean partitions, so those must be computed first (the asset graph does)."""
+    from pyspark.sql import functions as F
+
     if table == CLEAN_TABLE:
-        return clean_day(_raw(spark, lake, day))
-    clean = read_batch_view(spark, lake, CLEAN_TABLE, [day]).drop("dt")
-    if table == TRENDING_TABLE:
-        return trending_counts(clean)
-    if table == DISCOVERY_TABLE:
-        return discovery_counts(clean)
-    # Sessions that end on D may have begun on D-1 and are settled by D+1's first 30 minutes
-    # (all in hour 0); each day is deduplicated on its own, as its clean partition is.
-    neighbours = clean_day(_raw(spark, lake, day - timedelta(days=1))).unionByName(
-        clean_day(_raw(spark, lake, day + timedelta(days=1), hours=[0]))
+        return _deduplicated_raw(spark, lake, days)
+    clean = read_batch_view(spark, lake, CLEAN_TABLE, days).select(*CLEAN_COLUMNS, "dt")
+    if table in (TRENDING_TABLE, DISCOVERY_TABLE):
+        counts = trending_counts if table == TRENDING_TABLE else discovery_counts
+        # A minute lies in one day: its dt is the UTC date of the minute, as the event's is.
+        return counts(clean).withColumn("dt", utc_date(F.col("minute")))
+    return _sessions_frame(spark, lake, clean, days)
+
+
+def _sessions_frame(
+    spark: SparkSession, lake: Lake, clean: DataFrame, days: Sequence[date]
+) -> DataFrame:
+    """Sessions ending on each of days, each stitched from the events of D-1, D and D+1's hour
+    0 only (exactly what computing D alone reads): every event is copied to the days it
+    serves (its own, the next, and the previous when in hour 0) and stitched per such day."""
+    from pyspark.sql import functions as F
+
+    wanted = set(days)
+    # Neighbours outside the range come from the raw history; inside it, from clean.
+    before = {day - timedelta(days=1) for day in wanted} - wanted
+    after = {day + timedelta(days=1) for day in wanted} - wanted
+    events = clean
+    if before:
+        events = events.unionByName(_deduplicated_raw(spark, lake, before))
+    if after:
+        events = events.unionByName(_deduplicated_raw(spark, lake, after, hours=[0]))
+    keys = _keys(wanted)
+    own = F.to_date(F.col("dt"))
+    nxt = F.date_add(own, 1).cast("string")
+    prev = F.date_sub(own, 1).cast("string")
+    in_hour_0 = F.pmod(F.unix_micros(F.col("event_time")), F.lit(_MICROS_PER_DAY)) < F.lit(
+        _MICROS_PER_HOUR
     )
-    return sessions_ending_on(clean.unionByName(neighbours), day)
+    served = F.array(
+        F.when(F.col("dt").isin(keys), F.col("dt")),
+        F.when(nxt.isin(keys), nxt),
+        F.when(prev.isin(keys) & in_hour_0, prev),
+    )
+    copies = events.withColumn(_TARGET, F.explode(served)).where(F.col(_TARGET).isNotNull())
+    sessions = stitch_sessions(copies, by=[_TARGET])
+    return sessions.where(utc_date(F.col("session_end")) == F.col(_TARGET)).withColumnRenamed(
+        _TARGET, "dt"
+    )
 
 
-# Writing -----------------------------------------------------------------------------------------
+# Writing aside, then swapping ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class DayResult:
-    """What computing one view for one day did."""
+    """What computing one view for one day did (duration: the range's, shared out per day)."""
 
     table: str
     day: str
     rows: int
     duration_s: float
     signature: dict[str, int]
+    version: str = ""
 
 
-def _write_day(spark: SparkSession, lake: Lake, table: str, frame: DataFrame, day: date) -> int:
+def new_version() -> str:
+    """A fresh computation's folder name: sortable by time, unique per attempt."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"
+
+
+def version_folder(version: str) -> str:
+    return f"{VERSION_COLUMN}={version}"
+
+
+def day_location(lake: Lake, table: str, day: date, version: str | None) -> str:
+    """Where a day's rows of one computation are: dt=D/v=<version>; dt=D for rows written
+    before versions existed (a state without one)."""
+    base = f"{lake.location(table)}/{_dt(day)}"
+    return f"{base}/{version_folder(version)}" if version else base
+
+
+def _output_rows(table: str, frame: DataFrame, version: str) -> DataFrame:
+    """The rows to write: the table's columns and types, `dt` and the version, one task per
+    day, sorted (same input, same content). The cast runs in the writing tasks."""
+    from pyspark.sql import functions as F
+
     columns = TABLE_COLUMNS[table]
-    rows = frame.select(*columns)
-    # Same input, same files: the views are small and go to one sorted file; clean events keep
-    # the dedup's hash partitioning by event_id and are sorted within it (no global sort).
-    if table == CLEAN_TABLE:
-        rows = rows.sortWithinPartitions(*SORT_KEYS[table])
-    else:
-        rows = rows.coalesce(1).sortWithinPartitions(*SORT_KEYS[table])
-    view = f"__lambda_arch_{table}_{day:%Y%m%d}"
-    rows.createOrReplaceTempView(view)
-    try:
-        spark.sql(
-            f"INSERT OVERWRITE TABLE {lake.table(table)} PARTITION (dt = '{day.isoformat()}') "
-            f"SELECT {', '.join(f'`{c}`' for c in columns)} FROM {view}"
+    return (
+        frame.repartition("dt")
+        .sortWithinPartitions("dt", *SORT_KEYS[table])
+        .select(
+            *[F.col(c).cast(_VIEW_TYPES[c]).alias(c) for c in columns],
+            F.col("dt"),
+            F.lit(version).alias(VERSION_COLUMN),
         )
-    finally:
-        spark.catalog.dropTempView(view)
-    spark.catalog.refreshTable(lake.table(table))
-    # From the Parquet footers: no Spark job.
-    return lake.row_count(lake.data_files(table, f"dt={day.isoformat()}"))
+    )
+
+
+def _write_aside(
+    spark: SparkSession, lake: Lake, table: str, frame: DataFrame, version: str
+) -> None:
+    """Write every day of frame to dt=D/v=<version>, next to the day's current rows.
+
+    Dynamic partition overwrite replaces only the (new, empty) dt/v folders it writes and
+    stages under a folder named after its job, so nothing readable is touched until the swap.
+    """
+    _output_rows(table, frame, version).write.mode("overwrite").option(
+        "partitionOverwriteMode", "dynamic"
+    ).partitionBy("dt", VERSION_COLUMN).parquet(hadoop_uri(lake.location(table)))
+
+
+def _table_listing(lake: Lake, table: str) -> dict[str, dict[str, list[pafs.FileInfo]]]:
+    """{dt: {entry: files}} of a table's folder in one recursive listing: entry is a version
+    folder (v=...), or "" for files directly in dt=D (written before versions existed)."""
+    filesystem, base = pyarrow_filesystem(lake.location(table))
+    listing = filesystem.get_file_info(
+        pafs.FileSelector(base, allow_not_found=True, recursive=True)
+    )
+    days: dict[str, dict[str, list[pafs.FileInfo]]] = {}
+    for info in listing:
+        parts = info.path[len(base) + 1 :].split("/")
+        if not parts[0].startswith("dt="):
+            continue
+        entries = days.setdefault(parts[0].removeprefix("dt="), {})
+        if len(parts) == 2 and info.type == pafs.FileType.Directory:
+            entries.setdefault(parts[1], [])
+        elif len(parts) == 2:  # checksums and markers too: deleted with the rows they go with
+            entries.setdefault("", []).append(info)
+        elif len(parts) > 2 and info.type == pafs.FileType.File:
+            files = entries.setdefault(parts[1], [])
+            if not any(_is_hidden(part) for part in parts[2:]):
+                files.append(info)
+    return days
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(("_", "."))
+
+
+def _swap(spark: SparkSession, lake: Lake, table: str, results: Sequence[DayResult]) -> None:
+    """Point each day at its new folder: the Hive partition (Spark's readers), then the state
+    file (the serving refresh and staleness), each atomic for its day."""
+    name = lake.table(table)
+    existing = {row[0] for row in spark.sql(f"SHOW PARTITIONS {name}").collect()}
+    new = []
+    for result in results:
+        day = date.fromisoformat(result.day)
+        location = hadoop_uri(day_location(lake, table, day, result.version))
+        if _dt(day) in existing:
+            spark.sql(
+                f"ALTER TABLE {name} PARTITION (dt = '{result.day}') SET LOCATION '{location}'"
+            )
+            write_day_state(lake, result)
+        else:
+            new.append((result, location))
+    # Days never computed: one statement registers them all (no reader has an old state).
+    for chunk in range(0, len(new), 500):
+        part = new[chunk : chunk + 500]
+        specs = " ".join(f"PARTITION (dt = '{r.day}') LOCATION '{loc}'" for r, loc in part)
+        spark.sql(f"ALTER TABLE {name} ADD IF NOT EXISTS {specs}")
+        for result, _ in part:
+            write_day_state(lake, result)
+    spark.catalog.refreshTable(name)
+
+
+def _drop_replaced(lake: Lake, table: str, results: Sequence[DayResult]) -> None:
+    """Delete what the swapped days no longer point at: the previous computation, files from
+    before versions, and folders of failed attempts (never swapped in)."""
+    filesystem, base = pyarrow_filesystem(lake.location(table))
+    listing = _table_listing(lake, table)
+    for result in results:
+        current = version_folder(result.version)
+        for entry, files in listing.get(result.day, {}).items():
+            if entry == current:
+                continue
+            if entry:
+                filesystem.delete_dir(f"{base}/dt={result.day}/{entry}")
+            else:
+                for info in files:
+                    filesystem.delete_file(info.path)
+
+
+def compute_range(
+    spark: SparkSession, lake: Lake, days: Sequence[date], table: str
+) -> list[DayResult]:
+    """Recompute one table for `days` in one Spark job, atomically per day.
+
+    The new rows go aside (dt=D/v=<new version>); only once the whole job has succeeded is each
+    day swapped to them (Hive partition location, then state file), and then the previous
+    folder is deleted. A failure before the swap leaves every day's previous rows and state as
+    they were; its partial folder is deleted by the next successful computation of the day.
+    """
+    if not days:
+        return []
+    started = time.monotonic()
+    ordered = sorted(set(days))
+    # Measured before reading: data landing meanwhile makes the day stale, never silently lost.
+    signatures = {day: day_signature(lake, day) for day in ordered}
+    version = new_version()
+    _write_aside(spark, lake, table, range_frame(spark, lake, table, ordered), version)
+    listing = _table_listing(lake, table)
+    filesystem, _ = pyarrow_filesystem(lake.location(table))
+    per_day = (time.monotonic() - started) / len(ordered)
+    results = []
+    for day in ordered:
+        files = listing.get(day.isoformat(), {}).get(version_folder(version), [])
+        if not files and _is_local_filesystem(filesystem):
+            # An empty day still gets its (empty) folder: Spark warns about a missing one.
+            filesystem.create_dir(day_location(lake, table, day, version), recursive=True)
+        rows = lake.row_count(files)
+        results.append(DayResult(table, day.isoformat(), rows, per_day, signatures[day], version))
+    _swap(spark, lake, table, results)
+    _drop_replaced(lake, table, results)
+    return results
+
+
+def _is_local_filesystem(filesystem: pafs.FileSystem) -> bool:
+    return filesystem.type_name == "local"
 
 
 def compute_day(
     spark: SparkSession, lake: Lake, day: date, tables: Sequence[str] = BATCH_VIEWS
 ) -> list[DayResult]:
-    """Recompute `tables` for one day from the raw history and record the day's state.
+    """Recompute `tables` for one day (compute_tables of a one-day range)."""
+    return compute_tables(spark, lake, [day], tables)
+
+
+def compute_tables(
+    spark: SparkSession, lake: Lake, days: Sequence[date], tables: Sequence[str] = BATCH_VIEWS
+) -> list[DayResult]:
+    """Recompute `tables` for `days` from the raw history and record each day's state.
 
     Takes no lock: runs that may overlap write through write_days (or compute_days), which
     hold the lake's batch-writer lock; this is for a caller that owns the lake alone (a test
@@ -247,23 +460,10 @@ def compute_day(
     if unknown:
         raise BatchError(f"unknown batch tables {unknown}; expected some of {list(BATCH_VIEWS)}")
     ensure_batch_tables(spark, lake)
-    # Measured before reading: data landing meanwhile makes the day stale, never silently lost.
-    signature = day_signature(lake, day)
     results = []
     for table in sorted(tables, key=BATCH_VIEWS.index):  # clean first: the views read it
-        started = time.monotonic()
-        rows = _write_day(spark, lake, table, day_frame(spark, lake, table, day), day)
-        result = DayResult(table, day.isoformat(), rows, time.monotonic() - started, signature)
-        write_day_state(lake, result)
-        results.append(result)
+        results += compute_range(spark, lake, days, table)
     return results
-
-
-def compute_tables(
-    spark: SparkSession, lake: Lake, days: Sequence[date], tables: Sequence[str] = BATCH_VIEWS
-) -> list[DayResult]:
-    """compute_day for every day, in order, without a lock (write_days holds it around this)."""
-    return [result for day in days for result in compute_day(spark, lake, day, tables)]
 
 
 def compute_days(
@@ -276,8 +476,8 @@ def compute_days(
     owner: str = "",
     log: Callable[[str], None] | None = None,
 ) -> list[DayResult]:
-    """compute_day for every day, in order (a backfill of a range in one Spark session), under
-    the lake's batch-writer lock (see write_days)."""
+    """compute_tables for the days (a backfill of a range: one Spark job per table), under the
+    lake's batch-writer lock (see write_days)."""
     return write_days(spark, lake, days, tables, lock_dir=lock_dir, owner=owner, log=log).results
 
 
@@ -364,9 +564,14 @@ def reading_batch(
 # State and staleness (no Spark: file listings and one column of D+1 hour 0) ----------------------
 
 
-def _state_path(lake: Lake, table: str, day: str) -> tuple[pafs.FileSystem, str]:
+def _state_folder(lake: Lake, table: str) -> tuple[pafs.FileSystem, str]:
     filesystem, base = pyarrow_filesystem(lake.location("_batch_state"))
-    return filesystem, f"{base}/{table}/{day}.json"
+    return filesystem, f"{base}/{table}"
+
+
+def _state_path(lake: Lake, table: str, day: str) -> tuple[pafs.FileSystem, str]:
+    filesystem, folder = _state_folder(lake, table)
+    return filesystem, f"{folder}/{day}.json"
 
 
 def write_day_state(lake: Lake, result: DayResult) -> None:
@@ -384,6 +589,53 @@ def read_day_state(lake: Lake, table: str, day: date) -> dict[str, Any] | None:
             return json.loads(source.read())
     except (FileNotFoundError, OSError):
         return None
+
+
+def read_day_rows(
+    lake: Lake, table: str, day: date, columns: Sequence[str], attempts: int = 3
+) -> tuple[dict[str, Any] | None, pa.Table | None]:
+    """(state, rows) of a computed day, read with pyarrow from the version its state names;
+    (None, None) if never computed.
+
+    A recompute may swap the day and delete the folder just read from: the state is read again
+    after the rows and the read is repeated when the version moved meanwhile, so the rows are
+    always one whole computation's (old or new), never a mixture or a half.
+    """
+    for attempt in range(attempts):
+        state = read_day_state(lake, table, day)
+        if state is None:
+            return None, None
+        try:
+            version = state.get("version")
+            rows = _read_folder(day_location(lake, table, day, version), columns, bool(version))
+        except (FileNotFoundError, OSError):
+            if attempt == attempts - 1:
+                raise
+            continue
+        again = read_day_state(lake, table, day)
+        if again is not None and again.get("version") == state.get("version"):
+            return state, rows
+    raise BatchError(f"{table} {day}: recomputed during {attempts} reads in a row")
+
+
+def _read_folder(location: str, columns: Sequence[str], recursive: bool) -> pa.Table | None:
+    """The Parquet files of a folder (hidden ones skipped, as Spark does); None if it has none.
+    A folder from before versions is read without its subfolders: a new version may be
+    written into it aside."""
+    filesystem, path = pyarrow_filesystem(location)
+    infos = filesystem.get_file_info(
+        pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
+    )
+    files = [
+        info.path
+        for info in infos
+        if info.type == pafs.FileType.File
+        and not any(_is_hidden(part) for part in info.path[len(path) + 1 :].split("/"))
+    ]
+    if not files:
+        return None
+    dataset = pads.dataset(sorted(files), filesystem=filesystem, format="parquet")
+    return dataset.to_table(columns=list(columns))
 
 
 def _dt(day: date) -> str:

@@ -11,6 +11,7 @@ Input of every view function is a DataFrame of *valid, deduplicated* events with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from pyspark.sql import DataFrame
@@ -63,8 +64,9 @@ def quarantined(parsed: DataFrame, value_col: str = "value") -> DataFrame:
     )
 
 
-def deduplicate(events: DataFrame) -> DataFrame:
+def deduplicate(events: DataFrame, by: Sequence[str] = ()) -> DataFrame:
     """Batch form: one row per event_id, the earliest by (event_time, partition, offset).
+    `by` names columns that scope it (the batch layer deduplicates each `dt` on its own).
 
     The Kafka position breaks ties between copies with the same time, so the choice is
     deterministic across reruns. A hash aggregate (min_by) instead of a ranking window: no sort
@@ -74,7 +76,7 @@ def deduplicate(events: DataFrame) -> DataFrame:
     order += [F.col(c) for c in ("partition", "offset") if c in events.columns]
     picked = "__dedup_row"
     return (
-        events.groupBy("event_id")
+        events.groupBy(*by, "event_id")
         .agg(F.min_by(F.struct(*events.columns), F.struct(*order)).alias(picked))
         .select(f"{picked}.*")
     )
@@ -106,8 +108,9 @@ def discovery_counts(events: DataFrame) -> DataFrame:
     )
 
 
-def stitch_sessions(events: DataFrame) -> DataFrame:
+def stitch_sessions(events: DataFrame, by: Sequence[str] = ()) -> DataFrame:
     """Sessions per (member_id, title_id): a gap of 30 minutes or more starts a new one.
+    `by` names more columns that scope the sessions; they lead the output columns.
 
     session_start and session_end are the first and last event times (not Spark's window end,
     which is the last event plus the gap); watched_ms = max - min position, 0 without positions.
@@ -117,7 +120,10 @@ def stitch_sessions(events: DataFrame) -> DataFrame:
     positions = F.max("position_ms") - F.min("position_ms")
     return (
         events.groupBy(
-            "member_id", "title_id", F.session_window("event_time", SPARK_SESSION_GAP).alias("w")
+            *by,
+            "member_id",
+            "title_id",
+            F.session_window("event_time", SPARK_SESSION_GAP).alias("w"),
         )
         .agg(
             F.max("event_time").alias("session_end"),
@@ -125,6 +131,7 @@ def stitch_sessions(events: DataFrame) -> DataFrame:
             F.coalesce(positions, F.lit(0)).cast("bigint").alias("watched_ms"),
         )
         .select(
+            *by,
             "member_id",
             "title_id",
             # A session window starts at its first event: the same value as min(event_time).

@@ -268,3 +268,107 @@ def test_bad_partition_keys_and_tables_are_clear_errors(spark, tmp_path: Path) -
     lake = Lake(str(tmp_path / "warehouse"), f"batch_{uuid.uuid4().hex[:10]}")
     with pytest.raises(batch.BatchError, match="unknown batch tables"):
         compute_day(spark, lake, DAYS[0], ["trending_bach"])
+
+
+def _plays(day: int, minutes: range, title: int = 7) -> list[tuple[bytes, bytes]]:
+    return [
+        (
+            b"3",
+            json.dumps(
+                {
+                    **LATE_PLAY,
+                    "event_id": f"d{day}-{minute}-{title}",
+                    "event_time": f"2026-03-0{day}T10:{minute:02d}:00Z",
+                    "title_id": title,
+                }
+            ).encode(),
+        )
+        for minute in minutes
+    ]
+
+
+def _served(lake: Lake, table: str, days: list[date]) -> dict[str, list[tuple]]:
+    """What a pyarrow reader (the serving refresh) reads of each day: the state's version."""
+    rows = {}
+    for day in days:
+        _, table_rows = batch.read_day_rows(lake, table, day, ["title_id", "plays"])
+        rows[day.isoformat()] = sorted((r["title_id"], r["plays"]) for r in table_rows.to_pylist())
+    return rows
+
+
+def _versions(lake: Lake, table: str, day: date) -> list[str]:
+    folder = Path(lake.location(table)) / f"dt={day.isoformat()}"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_a_failed_recompute_keeps_each_days_previous_rows_and_state(
+    spark, landing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recompute writes aside and swaps only once it has succeeded: a Spark job that fails
+    (a UDF raising in the view's plan), or a write that fails while committing (day 3's folder
+    is taken by a file), leaves every day's previous rows, for Spark and pyarrow readers, and its
+    state as they were; the next run replaces them and deletes what the failures left."""
+    from pyspark.sql import functions as F
+
+    settings, lake, send, land = landing
+    locks = settings.home / "locks"
+    send(_plays(1, range(3)) + _plays(2, range(3)))
+    land()
+    compute_days(spark, lake, DAYS[:2], lock_dir=locks)
+
+    def spark_rows() -> list[tuple]:
+        frame = read_batch_view(spark, lake, TRENDING_TABLE, DAYS[:2])
+        return sorted((r.dt, r.minute, r.title_id, r.plays) for r in frame.collect())
+
+    def states() -> list[dict | None]:
+        return [batch.read_day_state(lake, TRENDING_TABLE, day) for day in DAYS[:2]]
+
+    before, state_before = spark_rows(), states()
+    served_before = _served(lake, TRENDING_TABLE, DAYS[:2])
+    assert len(before) == 6 and all(state_before)
+    # New plays on every day: a successful recompute would change each of them.
+    send(_plays(1, range(3, 5)) + _plays(2, range(3, 5)) + _plays(3, range(2)))
+    land()
+    compute_days(spark, lake, DAYS, [CLEAN_TABLE], lock_dir=locks)
+
+    def raising(title_id: int) -> int:
+        raise RuntimeError(f"injected failure at title {title_id}")
+
+    counts = batch.trending_counts
+
+    def failing_counts(events):
+        return counts(events).withColumn("title_id", F.udf(raising, "bigint")("title_id"))
+
+    monkeypatch.setattr(batch, "trending_counts", failing_counts)
+    with pytest.raises(Exception, match="injected failure"):
+        compute_days(spark, lake, DAYS[:2], [TRENDING_TABLE], lock_dir=locks)
+    monkeypatch.undo()
+    assert spark_rows() == before
+    assert states() == state_before
+    assert _served(lake, TRENDING_TABLE, DAYS[:2]) == served_before
+
+    # Day 3's folder name is taken by a file: the job's commit fails after its tasks wrote
+    # every day (and may have moved days 1-2 in aside) but before any swap.
+    blocker = Path(lake.location(TRENDING_TABLE)) / f"dt={DAYS[2].isoformat()}"
+    blocker.write_text("not a folder")
+    with pytest.raises(Exception):  # noqa: B017 - Spark's wrapper of the commit's IOException
+        compute_days(spark, lake, DAYS, [TRENDING_TABLE], lock_dir=locks)
+    assert spark_rows() == before
+    assert states() == state_before
+    assert _served(lake, TRENDING_TABLE, DAYS[:2]) == served_before
+    assert batch.read_day_state(lake, TRENDING_TABLE, DAYS[2]) is None
+
+    blocker.unlink()
+    results = compute_days(spark, lake, DAYS, [TRENDING_TABLE], lock_dir=locks)
+    assert [r.rows for r in results] == [5, 5, 2]
+    after = spark_rows()
+    assert len(after) == 10 and after != before
+    assert _served(lake, TRENDING_TABLE, DAYS[:2]) == {
+        day: sorted((t, p) for d, _, t, p in after if d == day)
+        for day in ("2026-03-01", "2026-03-02")
+    }
+    # One folder per day: the state's version; the previous ones and every aside folder the
+    # failed attempts left are gone.
+    for day, result in zip(DAYS, results, strict=True):
+        assert _versions(lake, TRENDING_TABLE, day) == [f"v={result.version}"]
+        assert batch.read_day_state(lake, TRENDING_TABLE, day)["version"] == result.version

@@ -200,3 +200,27 @@ def test_batch_checks_pass_on_good_days_and_fail_on_bad_rows(
     blocked = run(instance, [play_events_clean, trending_batch, clean_check], partition_key=key)
     assert not checks_of(blocked, "clean_events_expectations").passed
     assert blocked.asset_materializations_for_node("trending_batch") == []
+
+
+def test_a_burst_of_events_from_the_future_shows_in_the_quarantine_ratio_check(
+    spark, speed_env: Settings, instance: DagsterInstance
+) -> None:
+    """Plays stamped a day ahead of their Kafka timestamp (sent now) are quarantined with their
+    reason: the ratio check fails (WARN: 3 of 103), counts them by reason in its metadata and
+    names the reason in its description (which its alert carries)."""
+    from lambda_arch.ingest.schema import REASON_FUTURE
+
+    ahead = datetime.now(UTC) + timedelta(days=1)
+    send(
+        speed_env,
+        [*[event(n, START) for n in range(100)], *[event(900 + n, ahead) for n in range(3)]],
+    )
+    result = run(instance, [landing, quarantine_ratio])
+    check = checks_of(result, "quarantine_ratio")
+    assert not check.passed and check.severity == AssetCheckSeverity.WARN
+    assert check.metadata["quarantined"].value == 3
+    assert check.metadata["quarantined_future"].value == 3
+    assert REASON_FUTURE in (check.description or "")
+    quarantine = Lake.from_settings(speed_env).table("play_events_quarantine")
+    rows = spark.sql(f"SELECT reason, count(*) AS n FROM {quarantine} GROUP BY reason").collect()
+    assert {(r["reason"], r["n"]) for r in rows} == {(REASON_FUTURE, 3)}

@@ -47,6 +47,7 @@ from lambda_arch.common.times import parse_time
 from lambda_arch.ingest.schema import REASON_FUTURE
 from lambda_arch.quality import rules as quality
 from lambda_arch.speed import layer as speed
+from lambda_arch.speed import retention
 from lambda_arch.views.transforms import DISCOVERY_COLUMNS, SESSION_COLUMNS, TRENDING_COLUMNS
 from resources import LambdaArchSettings, SparkResource
 
@@ -349,7 +350,9 @@ def speed_matches_batch(
     lake = Lake.from_settings(config)
     fresh, skipped = _fresh_days(lake, batch.TRENDING_TABLE, days)
     watermark_at = parse_time(watermark)
-    ranges = quality.covered_range(fresh, watermark_at)
+    # Not before the speed rows serving has removed (LAMBDA_ARCH_SPEED_RETENTION_HOURS).
+    removed_before = retention.removed_before(paths.root, speed.TRENDING)
+    ranges = retention.cut_ranges(quality.covered_range(fresh, watermark_at), removed_before)
     session = spark.session()
     batch.ensure_batch_tables(session, lake)
     landing = speed.read_speed_state(paths, speed.LANDING) or {}
@@ -388,6 +391,7 @@ def speed_matches_batch(
         "landing_ahead": landing_ahead,
         "speed_ahead": speed_ahead,
         "speed_watermark": watermark,
+        "speed_removed_before": removed_before.isoformat() if removed_before else "none",
         "days_checked": ", ".join(d.isoformat() for d in fresh) or "none",
         "days_skipped": ", ".join(d.isoformat() for d in skipped) or "none",
         "summary": result.summary(),

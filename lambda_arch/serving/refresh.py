@@ -6,6 +6,14 @@ refresh (a micro-batch is read only once Spark's commit log has it, so a half-wr
 never ingested). It is incremental: its cost follows what changed. It then sets the batch
 watermark (the end of the last contiguous computed day), prunes the speed rows that watermark
 covers, and records the speed watermark, all in one write transaction of the store.
+
+In that transaction it also removes the speed micro-batch folders nothing needs any more
+(`lambda_arch.speed.retention`): batches it read in an earlier, committed refresh whose rows are
+all older than the batch watermark minus `LAMBDA_ARCH_SPEED_RETENTION_HOURS`. It reads only batch
+ids above the last one it read, so a removed folder is never looked for again; a rebuild (a
+restarted checkpoint, a batch watermark that moved back) reads the folders left, and the rows of
+removed ones it would have kept are none as long as the watermark has not moved back by more
+than the retention.
 """
 
 from __future__ import annotations
@@ -33,13 +41,18 @@ from lambda_arch.serving.store import (
     drop_batch_day,
     epoch_micros,
     epoch_seconds,
+    forget_speed_batches,
     insert_speed,
     iso,
     parse_iso,
     prune_speed,
+    record_speed_batches,
     replace_batch_day,
+    speed_batches_before,
+    speed_batches_held,
 )
 from lambda_arch.speed import layer as speed
+from lambda_arch.speed import retention
 from lambda_arch.views.spec import SESSIONS, VIEWS, ViewSpec
 
 
@@ -55,6 +68,8 @@ class RefreshReport:
     speed_rows_read: int = 0
     speed_rows_pruned: int = 0
     speed_rebuilt: bool = False
+    speed_folders_removed: int = 0
+    speed_folders_kept: int = 0
     batch_watermark: datetime | None = None
     speed_watermark: datetime | None = None
     duration_s: float = 0.0
@@ -69,6 +84,8 @@ class RefreshReport:
             "speed_micro_batches_read": self.speed_batches_read,
             "speed_rows_read": self.speed_rows_read,
             "speed_rows_pruned": self.speed_rows_pruned,
+            "speed_folders_removed": self.speed_folders_removed,
+            "speed_folders_kept": self.speed_folders_kept,
             "duration_s": round(self.duration_s, 3),
             "batch_watermark": iso(self.batch_watermark) or "",
             "speed_watermark": iso(self.speed_watermark) or "",
@@ -110,14 +127,20 @@ def changed_days(computed: dict[date, str], held: dict[str, str]) -> list[date]:
     return sorted(day for day, version in computed.items() if held.get(day.isoformat()) != version)
 
 
-def committed_batches(settings: Settings, query: str) -> list[int]:
-    """Micro-batch ids whose output folder is complete: every `batch_id=<N>` folder of the
-    query's table up to the newest id in its commit log. (The commit log itself keeps only the
-    last 100 batches, spark.sql.streaming.minBatchesToRetain, so it cannot list them all.)"""
+def latest_commit(settings: Settings, query: str) -> int | None:
+    """The newest micro-batch id in the query's commit log (None: no batch committed)."""
     commits = Path(speed.checkpoint_of(settings, query)) / "commits"
     if not commits.is_dir():
-        return []
-    latest = max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=None)
+        return None
+    return max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=None)
+
+
+def committed_batches(settings: Settings, query: str, latest: int | None = None) -> list[int]:
+    """Micro-batch ids whose output folder is complete: every `batch_id=<N>` folder of the
+    query's table up to the newest id in its commit log (`latest`, looked up when None). (The
+    commit log itself keeps only the last 100 batches, spark.sql.streaming.minBatchesToRetain,
+    so it cannot list them all; folders below the batch watermark may have been removed.)"""
+    latest = latest_commit(settings, query) if latest is None else latest
     if latest is None:
         return []
     filesystem, path = pyarrow_filesystem(speed.SpeedPaths.from_settings(settings).table(query))
@@ -189,6 +212,20 @@ def _time_index(spec: ViewSpec) -> int:
     return 3 if spec is SESSIONS else 0
 
 
+def _newest(spec: ViewSpec, rows: Sequence[tuple[Any, ...]]) -> int | None:
+    """The latest split time of a micro-batch's store rows (None when it has none)."""
+    position = _time_index(spec)
+    return max((row[position] for row in rows), default=None)
+
+
+def _removal_cut(settings: Settings, watermark: datetime | None) -> datetime | None:
+    """Speed rows before this time are no longer needed: the batch watermark minus the
+    retention (None: no batch watermark, keep everything)."""
+    if watermark is None:
+        return None
+    return watermark - timedelta(hours=settings.speed_retention_hours)
+
+
 def contiguous_watermark(first_day: date | None, computed: Iterable[date]) -> datetime | None:
     """End of the last day of the unbroken run of computed days from `first_day`."""
     if first_day is None:
@@ -236,26 +273,33 @@ def refresh_view(
             loaded[day.isoformat()] = (computed[day], rows)
 
         previous = store.view_state(view, connection)
-        committed = committed_batches(settings, spec.speed_query)
+        latest = latest_commit(settings, spec.speed_query)
+        committed = committed_batches(settings, spec.speed_query, latest)
         # A checkpoint that restarted (fewer batches than ingested), or a batch watermark that
         # moved back (a day lost its state), needs speed rows the store has pruned: rebuild.
-        rebuild = (committed and committed[-1] < previous.speed_last_batch) or (
+        # (The commit log, not the folders: folders the batch layer covers may be removed.)
+        rebuild = (latest is not None and latest < previous.speed_last_batch) or (
             previous.batch_watermark is not None
             and (batch_watermark is None or batch_watermark < previous.batch_watermark)
         )
-        rebuild = bool(rebuild) or (not committed and previous.speed_last_batch >= 0)
+        rebuild = bool(rebuild) or (latest is None and previous.speed_last_batch >= 0)
         after = -1 if rebuild else previous.speed_last_batch
         new_batches = [b for b in committed if b > after]
         cut = _cut_value(spec, batch_watermark)
         position = _time_index(spec)
+        speed_table = paths.table(spec.speed_query)
         speed_rows: list[tuple[Any, ...]] = []
-        for batch_id in new_batches:
-            table = _read_parquet(
-                f"{paths.table(spec.speed_query)}/batch_id={batch_id}", spec.columns
-            )
-            if table is None:
+        newest: dict[int, int | None] = {}
+        # Folders read before the store remembered micro-batches (older code): read once more
+        # for their newest time, so that they too are removed once covered.
+        held = set() if rebuild else speed_batches_held(connection, view)
+        unknown = [b for b in committed if b <= after and b not in held]
+        for batch_id in [*unknown, *new_batches]:
+            table = _read_parquet(retention.batch_folder(speed_table, batch_id), spec.columns)
+            rows = _store_rows(spec, table) if table is not None else []
+            newest[batch_id] = _newest(spec, rows)
+            if batch_id <= after:
                 continue
-            rows = _store_rows(spec, table)
             report.speed_rows_read += len(rows)
             speed_rows += [r for r in rows if cut is None or r[position] >= cut]
 
@@ -265,9 +309,29 @@ def refresh_view(
             report.batch_rows_loaded += replace_batch_day(connection, spec, dt, computed_at, rows)
         if rebuild:
             prune_speed(connection, spec, None)
+            forget_speed_batches(connection, view, None)
         insert_speed(connection, spec, speed_rows)
+        record_speed_batches(connection, view, newest)
         if cut is not None:
             report.speed_rows_pruned = prune_speed(connection, spec, cut)
+        # Only batches an earlier refresh read and committed (ids up to its last one): were
+        # this transaction to roll back, the store would still hold their rows.
+        removal_cut = _removal_cut(settings, batch_watermark)
+        removable = (
+            []
+            if removal_cut is None or rebuild
+            else speed_batches_before(
+                connection,
+                view,
+                _cut_value(spec, removal_cut) or 0,
+                previous.speed_last_batch,
+            )
+        )
+        if removable:
+            retention.record_removed_before(paths.root, spec.speed_query, removal_cut)
+            report.speed_folders_removed = retention.remove_batches(speed_table, removable)
+            forget_speed_batches(connection, view, removable)
+        report.speed_folders_kept = len(set(committed) - set(removable))
         connection.execute(
             "INSERT OR REPLACE INTO views (view, batch_watermark, speed_watermark, "
             "speed_last_batch, refreshed_at, speed_max_event_time) VALUES (?, ?, ?, ?, ?, ?)",
@@ -275,7 +339,7 @@ def refresh_view(
                 view,
                 epoch_seconds(batch_watermark) if batch_watermark else None,
                 epoch_seconds(speed_watermark) if speed_watermark else None,
-                max(committed[-1] if committed else -1, -1),
+                latest if latest is not None else -1,
                 iso(datetime.now(UTC)),
                 epoch_micros(speed_newest) if speed_newest else None,
             ),
@@ -302,12 +366,12 @@ def pending_views(settings: Settings, store: ServingStore | None = None) -> dict
         held = store.batch_days(name)
         computed = computed_batch_days(lake, spec.batch_table)
         changed = [day.isoformat() for day in changed_days(computed, held)]
-        committed = committed_batches(settings, spec.speed_query)
+        latest = latest_commit(settings, spec.speed_query)
         last = store.view_state(name).speed_last_batch
         if changed:
             pending[name] = f"batch days {', '.join(changed[:5])}" + (
                 f" and {len(changed) - 5} more" if len(changed) > 5 else ""
             )
-        elif committed and committed[-1] != last:
-            pending[name] = f"speed micro-batches {last + 1}..{committed[-1]}"
+        elif latest is not None and latest != last:
+            pending[name] = f"speed micro-batches {last + 1}..{latest}"
     return pending

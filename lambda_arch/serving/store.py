@@ -19,7 +19,9 @@ indexed range scans, and the file needs no server. It holds:
   table updates the roll-up in the same transaction (a batch day or a pruning recomputes the
   hours it touched from the minute rows, speed deltas add to theirs), so both always agree;
 - `batch_days`, `views`: which batch day version and which speed micro-batch each view holds,
-  and both watermarks.
+  and both watermarks;
+- `speed_batches`: per view, the speed micro-batches read and still in the lake, each with the
+  newest split time of its rows: what `refresh` may remove once the batch watermark passes it.
 """
 
 from __future__ import annotations
@@ -108,6 +110,10 @@ CREATE TABLE IF NOT EXISTS batch_days (view TEXT NOT NULL, dt TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS views (view TEXT PRIMARY KEY, batch_watermark INTEGER,
     speed_watermark INTEGER, speed_last_batch INTEGER NOT NULL DEFAULT -1,
     refreshed_at TEXT, speed_max_event_time INTEGER) WITHOUT ROWID;
+-- newest: the micro-batch's latest minute (epoch seconds) or session_end (microseconds), NULL
+-- when it has no rows.
+CREATE TABLE IF NOT EXISTS speed_batches (view TEXT NOT NULL, batch_id INTEGER NOT NULL,
+    newest INTEGER, PRIMARY KEY (view, batch_id)) WITHOUT ROWID;
 """
 
 
@@ -387,6 +393,47 @@ def prune_speed(connection: sqlite3.Connection, spec: ViewSpec, before: int | No
     if deleted:
         _roll_up(connection, spec, spec.speed_store, _EVERYTHING[0], to)
     return deleted
+
+
+def record_speed_batches(
+    connection: sqlite3.Connection, view: str, newest: dict[int, int | None]
+) -> None:
+    """Remember micro-batches read into the store ({batch_id: newest split time or None})."""
+    connection.executemany(
+        "INSERT OR REPLACE INTO speed_batches VALUES (?, ?, ?)",
+        [(view, batch_id, time) for batch_id, time in newest.items()],
+    )
+
+
+def speed_batches_held(connection: sqlite3.Connection, view: str) -> set[int]:
+    """The micro-batch ids of a view that `record_speed_batches` remembers."""
+    rows = connection.execute("SELECT batch_id FROM speed_batches WHERE view = ?", (view,))
+    return {batch_id for (batch_id,) in rows}
+
+
+def speed_batches_before(
+    connection: sqlite3.Connection, view: str, cut: int, last_batch: int
+) -> list[int]:
+    """Remembered micro-batches up to `last_batch` whose rows are all older than `cut`."""
+    rows = connection.execute(
+        "SELECT batch_id FROM speed_batches WHERE view = ? AND batch_id <= ? "
+        "AND (newest IS NULL OR newest < ?) ORDER BY batch_id",
+        (view, last_batch, cut),
+    )
+    return [batch_id for (batch_id,) in rows]
+
+
+def forget_speed_batches(
+    connection: sqlite3.Connection, view: str, batch_ids: Iterable[int] | None
+) -> None:
+    """Forget some remembered micro-batches of a view (all when None)."""
+    if batch_ids is None:
+        connection.execute("DELETE FROM speed_batches WHERE view = ?", (view,))
+        return
+    connection.executemany(
+        "DELETE FROM speed_batches WHERE view = ? AND batch_id = ?",
+        [(view, batch_id) for batch_id in batch_ids],
+    )
 
 
 def _delete_batch_day(

@@ -574,16 +574,23 @@ def read_sessions_speed(spark: SparkSession, paths: SpeedPaths | str) -> DataFra
     table = _root(paths).table(SESSIONS)
     if not _has_batches(table):
         return spark.createDataFrame([], SESSION_SCHEMA)
-    return spark.read.schema(SESSION_SCHEMA).parquet(hadoop_uri(table)).select(*SESSION_COLUMNS)
+    return _read_batches(spark, table, SESSION_SCHEMA).select(*SESSION_COLUMNS)
 
 
 def _sum_deltas(spark: SparkSession, table: str, schema: str, key: str) -> DataFrame:
     if not _has_batches(table):
         return spark.createDataFrame([], schema)
-    deltas = spark.read.schema(schema).parquet(hadoop_uri(table))
+    deltas = _read_batches(spark, table, schema)
     return deltas.groupBy("minute", "country", key).agg(
         F.sum("plays").cast("bigint").alias("plays")
     )
+
+
+def _read_batches(spark: SparkSession, table: str, schema: str) -> DataFrame:
+    """A speed table's micro-batch folders. Serving removes folders the batch layer covers
+    (lambda_arch.speed.retention): one removed between Spark's listing and its read is skipped,
+    its rows are older than any minute a reader compares."""
+    return spark.read.schema(schema).option("ignoreMissingFiles", "true").parquet(hadoop_uri(table))
 
 
 # State file ---------------------------------------------------------------------------------

@@ -108,22 +108,25 @@ class Pipeline:
         return [refresh_view(self.settings, self.store, view, self.lake) for view in VIEWS]
 
 
-def new_pipeline(spark: object, broker: EmbeddedBroker, home: Path) -> Pipeline:
+def new_pipeline(
+    spark: object, broker: EmbeddedBroker, home: Path, partitions: int = 3, **variables: str
+) -> Pipeline:
     """An empty pipeline of its own: a new topic, LAMBDA_ARCH_HOME under `home`, a new database
-    in the shared metastore, an empty store."""
+    in the shared metastore, an empty store; `variables` override the settings below."""
     topic = f"test-{uuid.uuid4().hex[:12]}"
-    ensure_topic(broker.bootstrap_servers, topic, 3)
-    settings = Settings(
+    ensure_topic(broker.bootstrap_servers, topic, partitions)
+    defaults = dict(
         LAMBDA_ARCH_HOME=str(home / "home"),
         KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
         LAMBDA_ARCH_TOPIC=topic,
-        LAMBDA_ARCH_TOPIC_PARTITIONS="3",
+        LAMBDA_ARCH_TOPIC_PARTITIONS=str(partitions),
         # One micro-batch per pass: the oracle counts an event late only where the test makes
         # it late (sent after a pass), never because a micro-batch of the backpressure limit
         # ended earlier on one Kafka partition than on another (test_speed covers that case).
         LAMBDA_ARCH_MAX_EVENTS_PER_BATCH="100000",
         LAMBDA_ARCH_DATABASE=f"serving_{uuid.uuid4().hex[:10]}",
     )
+    settings = Settings(**{**defaults, **variables})
     return Pipeline(
         spark, settings, Lake.from_settings(settings), ServingStore.from_settings(settings)
     )

@@ -7,12 +7,15 @@ days, and which speed micro-batches count as committed."""
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from lambda_arch.batch import layer as batch
 from lambda_arch.common.config import Settings
+from lambda_arch.ingest.schema import PlayEvent
+from lambda_arch.runtime.broker import EmbeddedBroker
 from lambda_arch.serving import answers
 from lambda_arch.serving.refresh import (
     committed_batches,
@@ -22,13 +25,27 @@ from lambda_arch.serving.refresh import (
 )
 from lambda_arch.serving.store import ServingStore, iso
 from lambda_arch.speed import layer as speed
+from lambda_arch.speed.layer import (
+    run_discovery_speed,
+    run_landing,
+    run_sessions_speed,
+    run_trending_speed,
+)
 from lambda_arch.views.spec import VIEWS
-from tests.lambda_arch.serving.oracle import Oracle, assert_rollups_agree, clean, public, utc
+from tests.lambda_arch.serving.oracle import (
+    Oracle,
+    assert_rollups_agree,
+    clean,
+    plays_between,
+    public,
+    utc,
+)
 from tests.lambda_arch.serving.pipeline import (
     DAY,
     LATE_RECORDS,
     MIDNIGHT,
     Pipeline,
+    new_pipeline,
     traffic,
 )
 
@@ -185,3 +202,111 @@ def test_committed_batches_reach_past_the_commit_log_retention(tmp_path: Path) -
         (table / f"batch_id={batch_id}").mkdir(parents=True)
     assert committed_batches(settings, speed.TRENDING) == list(range(253))
     assert committed_batches(settings, speed.SESSIONS) == []
+
+
+# Bounded disk: speed folders the batch layer covers are removed ------------------------------
+
+BOUNDED_DAYS = [date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)]
+PLAYS_PER_DAY = 24
+BATCHES_PER_DAY = 4  # trending's micro-batches per speed pass (backpressure, one partition)
+
+
+def _payload(event: PlayEvent) -> bytes:
+    return json.dumps(
+        {
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "event_time": iso(event.event_time),
+            "member_id": event.member_id,
+            "title_id": event.title_id,
+            "country": event.country,
+            "discovery_source": event.discovery_source,
+            "position_ms": 1000 * (event.member_id + event.title_id),
+        }
+    ).encode()
+
+
+def _speed_folders(settings: Settings, query: str) -> list[int]:
+    table = Path(speed.SpeedPaths.from_settings(settings).table(query))
+    return sorted(int(p.name.removeprefix("batch_id=")) for p in table.glob("batch_id=*"))
+
+
+def test_speed_folders_stay_bounded_and_answers_exact(
+    spark: object, broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Three days of traffic, a speed pass of several micro-batches per day, the previous day
+    computed after each: the folders the batch watermark covers go (the old code kept all),
+    and every answer still equals the plain-Python recomputation."""
+    # One Kafka partition: micro-batches cut by the backpressure limit follow event time.
+    pipeline = new_pipeline(
+        spark,
+        broker,
+        tmp_path,
+        partitions=1,
+        LAMBDA_ARCH_MAX_EVENTS_PER_BATCH=str(PLAYS_PER_DAY // BATCHES_PER_DAY),
+        LAMBDA_ARCH_SPEED_RETENTION_HOURS="0",
+    )
+    settings = pipeline.settings
+    one_batch = settings.model_copy(update={"max_events_per_batch": 100_000})
+    events: list[PlayEvent] = []
+    # The last day ends at noon: its events are after the final batch watermark.
+    for n, day in enumerate(BOUNDED_DAYS):
+        first = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        last = first + timedelta(hours=12 if day == BOUNDED_DAYS[-1] else 24)
+        events += sorted(
+            plays_between(first, last, seed=10 + n, count=PLAYS_PER_DAY), key=lambda e: e.event_time
+        )
+    queries = [spec.speed_query for spec in VIEWS.values()]
+    assert queries[0] == speed.TRENDING
+    last_before: dict[str, int] = {}
+    for n, day in enumerate(BOUNDED_DAYS):
+        pipeline.send([_payload(e) for e in events if e.event_time.date() == day])
+        run_landing(spark, one_batch, pipeline.lake)
+        # Many micro-batches where it matters, one where it does not (cheaper).
+        run_trending_speed(spark, settings)
+        run_discovery_speed(spark, one_batch)
+        run_sessions_speed(spark, one_batch)
+        if n:
+            pipeline.compute(BOUNDED_DAYS[n - 1])
+        pipeline.refresh()
+        if day == BOUNDED_DAYS[-2]:
+            # The micro-batches after this: the last pass's (the only ones with rows after the
+            # final batch watermark, and a few closing sessions of the day before).
+            last_before = {q: max(_speed_folders(settings, q), default=-1) for q in queries}
+
+    watermark = datetime(2026, 3, 3, tzinfo=UTC)
+    total = {
+        q: len(list((Path(speed.checkpoint_of(settings, q)) / "commits").glob("[0-9]*")))
+        for q in queries
+    }
+    for query in queries:
+        left = _speed_folders(settings, query)
+        # Many micro-batches committed, only about those of the last pass still on disk.
+        newest_pass = len([b for b in left if b > last_before[query]])
+        assert total[query] >= (3 * BATCHES_PER_DAY if query == speed.TRENDING else 3), total
+        assert len(left) <= newest_pass + 2, (query, left, last_before)
+        assert all(b > last_before[query] for b in left), (query, left, last_before)
+    reports = pipeline.refresh()
+    assert all(r.batch_watermark == watermark for r in reports)
+
+    speed_watermark = pipeline.store.view_state("trending").speed_watermark
+    assert speed_watermark is not None
+    oracle = Oracle(events, events, watermark, speed_watermark)
+    compared = 0
+    for country, as_of, window in itertools.product(
+        [None, "US", "BR"],
+        [utc(12, 0, day=1), utc(0, 0, day=3), utc(6, 30, day=3), utc(12, 0, day=3)],
+        [60, 600, 1440, 3 * 1440],
+    ):
+        got = answers.trending(pipeline.store, country=country, as_of=as_of, window=window)
+        assert got["titles"] == oracle.trending(as_of, window, country, 10), (country, as_of)
+        got = answers.discovery(pipeline.store, country=country, as_of=as_of, window=window)
+        assert got["sources"] == oracle.discovery(as_of, window, country), (country, as_of)
+        compared += 2
+    for member in sorted({e.member_id for e in events}):
+        served = answers.sessions(pipeline.store, member_id=member)["sessions"]
+        must, may = oracle.sessions(member)
+        assert all(public(s) in served for s in must), member
+        assert all(s in [public(x) for x in must + may] for s in served), member
+    assert compared == 96
+    assert_rollups_agree(pipeline.store)

@@ -49,6 +49,10 @@ EXPECTED: dict[str, str] = {
     "LAMBDA_ARCH_SPEED_STREAM_S": "a whole number of seconds >= 0 (0: no continuous views)",
     "LAMBDA_ARCH_SPEED_TRIGGER_S": "a number of seconds from 0.1 to 600, e.g. 2",
     "LAMBDA_ARCH_SHUFFLE_PARTITIONS": "a whole number from 1 to 10000",
+    "LAMBDA_ARCH_DAGSTER_PG_URL": "a PostgreSQL URL, e.g. postgresql://user:password@host:5432/dagster",
+    "LAMBDA_ARCH_METASTORE_URL": (
+        "a PostgreSQL JDBC URL, e.g. jdbc:postgresql://host:5432/metastore?user=hive"
+    ),
 }
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -124,6 +128,11 @@ class Settings(BaseSettings):
     shuffle_partitions: int = Field(
         8, ge=1, le=10_000, validation_alias="LAMBDA_ARCH_SHUFFLE_PARTITIONS"
     )
+    # Scale-out of the state stores (CONTRACT section 8): Dagster's runs, events and schedules in
+    # PostgreSQL instead of SQLite files, and the Hive metastore in PostgreSQL instead of Derby
+    # (which admits one JVM), so that several drivers share one catalog.
+    dagster_pg_url: str | None = Field(None, validation_alias="LAMBDA_ARCH_DAGSTER_PG_URL")
+    metastore_url: str | None = Field(None, validation_alias="LAMBDA_ARCH_METASTORE_URL")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -163,6 +172,20 @@ class Settings(BaseSettings):
     def _check_remote(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^sc://\S+$", value):
             raise ValueError("not a Spark Connect URL")
+        return value
+
+    @field_validator("dagster_pg_url")
+    @classmethod
+    def _check_pg_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^postgres(ql)?(\+psycopg2)?://\S+/\w\S*$", value):
+            raise ValueError("not a PostgreSQL URL")
+        return value
+
+    @field_validator("metastore_url")
+    @classmethod
+    def _check_metastore_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^jdbc:postgresql://\S+/\w\S*$", value):
+            raise ValueError("not a PostgreSQL JDBC URL")
         return value
 
     @field_validator("alert_webhook")

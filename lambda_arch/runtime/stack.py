@@ -133,9 +133,17 @@ def workspace_file() -> Path:
 def dagster_instance_config(settings: Settings) -> dict[str, Any]:
     """dagster.yaml: no telemetry; queued runs limited overall and for Spark-tagged runs.
 
-    Storage, artifacts and compute logs keep Dagster's defaults, all under DAGSTER_HOME.
+    Storage is PostgreSQL when LAMBDA_ARCH_DAGSTER_PG_URL is set (runs, events, schedules and
+    sensor ticks: the webserver, the daemon and every run share it), else Dagster's SQLite files;
+    artifacts and compute logs stay under DAGSTER_HOME.
     """
+    storage = (
+        {"storage": {"postgres": {"postgres_url": settings.dagster_pg_url}}}
+        if settings.dagster_pg_url
+        else {}
+    )
     return {
+        **storage,
         "telemetry": {"enabled": False},
         "nux": {"enabled": False},
         "concurrency": {

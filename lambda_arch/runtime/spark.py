@@ -100,7 +100,15 @@ def metastore_conf(settings: Settings) -> dict[str, str]:
         "spark.driver.extraClassPath": str(POSTGRES_JDBC_JAR),
         "spark.hadoop.javax.jdo.option.ConnectionURL": url,
         "spark.hadoop.javax.jdo.option.ConnectionDriverName": "org.postgresql.Driver",
-        "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
+        # DataNucleus creates the schema lazily, each table when first used, in a connection of
+        # its own. autoCreateAll would also add foreign keys then, and on PostgreSQL the ALTER
+        # TABLE ... ADD CONSTRAINT waits forever for the metastore's open transaction that holds
+        # rows of the referenced table (seen on the first CREATE TABLE: TBL_PRIVS -> TBLS).
+        # Tables and columns without constraints never wait.
+        "spark.hadoop.datanucleus.schema.autoCreateAll": "false",
+        "spark.hadoop.datanucleus.schema.autoCreateTables": "true",
+        "spark.hadoop.datanucleus.schema.autoCreateColumns": "true",
+        "spark.hadoop.datanucleus.schema.autoCreateConstraints": "false",
         "spark.hadoop.hive.metastore.schema.verification": "false",
     }
     # Hive's defaults (APP/mine) would otherwise be sent as the user and password.

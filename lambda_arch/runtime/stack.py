@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import http.client
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -137,11 +138,12 @@ def dagster_instance_config(settings: Settings) -> dict[str, Any]:
     sensor ticks: the webserver, the daemon and every run share it), else Dagster's SQLite files;
     artifacts and compute logs stay under DAGSTER_HOME.
     """
-    storage = (
-        {"storage": {"postgres": {"postgres_url": settings.dagster_pg_url}}}
-        if settings.dagster_pg_url
-        else {}
-    )
+    storage = {}
+    if settings.dagster_pg_url:
+        # dagster-postgres drives psycopg2, but SQLAlchemy 2.1 reads a bare postgresql:// as
+        # psycopg 3: name the driver.
+        url = re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", settings.dagster_pg_url)
+        storage = {"storage": {"postgres": {"postgres_url": url}}}
     return {
         **storage,
         "telemetry": {"enabled": False},

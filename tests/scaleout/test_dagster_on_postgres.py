@@ -1,8 +1,9 @@
 """Dagster on PostgreSQL: the instance `lambda-arch up` configures with LAMBDA_ARCH_DAGSTER_PG_URL
-(its generated dagster.yaml, read by DagsterInstance.from_config) runs the alert sensors, the lag
-and stale-partition sensors and a multi-day backfill of the batch assets; each test below is a
-test of the SQLite suite run again, unchanged, on that instance (the `instance` fixture here
-wins over theirs). Every test gets a database of its own, copied from a migrated template.
+(its generated dagster.yaml, read by DagsterInstance.from_config) runs the alert sensors and the
+lag and stale-partition sensors (with the landing and batch runs they look at); each test below
+is a test of the SQLite suite run again, unchanged, on that instance (the `instance` fixture
+here wins over theirs). Every test gets a database of its own, copied from a migrated template.
+A backfill on PostgreSQL runs through the daemon in test_cluster_stack.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from lambda_arch.common.config import Settings
 from lambda_arch.runtime.stack import write_dagster_yaml
 from tests.assets.conftest import speed_env
 from tests.assets.test_batch_assets import (
-    test_a_three_day_backfill_is_one_run_and_reruns_change_nothing,
     test_late_events_make_a_computed_day_stale_and_the_sensor_requests_it,
 )
 from tests.assets.test_speed_assets import test_lag_sensor_requests_a_run_only_for_new_data
@@ -39,7 +39,6 @@ TEMPLATE = "dagster_template"
 REUSED = (
     speed_env,
     alert_log,
-    test_a_three_day_backfill_is_one_run_and_reruns_change_nothing,
     test_late_events_make_a_computed_day_stale_and_the_sensor_requests_it,
     test_lag_sensor_requests_a_run_only_for_new_data,
     test_check_evaluated_outside_a_run,

@@ -36,6 +36,9 @@ from tests.sensors.test_alert_sensors import (
 )
 
 TEMPLATE = "dagster_template"
+# The sensor tests with Spark runs take ~30 s alone; a machine shared with other suites can be
+# ten times slower, and a timeout mid-run breaks the session's JVM for every later test.
+pytestmark = pytest.mark.timeout(900)
 REUSED = (
     speed_env,
     alert_log,

@@ -163,7 +163,7 @@ class SparkCluster:
                     raise RuntimeError(f"a Spark cluster process exited: see {self.folder}")
             try:
                 alive = [w for w in self.state().get("workers", []) if w["state"] == "ALIVE"]
-            except OSError:
+            except (OSError, ValueError):  # not listening yet, or a page before /json/ is served
                 alive = []
             if len(alive) == workers:
                 break

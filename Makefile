@@ -10,7 +10,7 @@ UV_VERSION := 0.13.8
 # outside site-packages, where lambda_arch.runtime.spark.s3a_jars() finds it (see pyproject.toml).
 S3A_JARS := sagemaker-pyspark==1.4.5
 
-.PHONY: demo test test-fast install lint format check-python check-java chromium clean
+.PHONY: demo test test-fast install lint format check-python check-java chromium postgres clean
 
 check-python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -44,6 +44,18 @@ $(CHROMIUM):
 
 chromium: $(CHROMIUM)
 
+# Debian's PostgreSQL server (the scale-out tests start a cluster of their own from its binaries;
+# the machine's cluster is never used) and its JDBC driver for a Hive metastore on PostgreSQL
+# (LAMBDA_ARCH_METASTORE_URL). Installed only when missing, like Chromium.
+PG_BIN := /usr/lib/postgresql/15/bin/pg_ctl
+PG_JDBC := /usr/share/java/postgresql.jar
+
+$(PG_BIN) $(PG_JDBC):
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql libpostgresql-jdbc-java || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql libpostgresql-jdbc-java; }
+
+postgres: $(PG_BIN) $(PG_JDBC)
+
 # The demo keeps trending and discovery running as continuous queries (10-minute runs, a
 # micro-batch every 2 s): answers seconds behind the topic. LAMBDA_ARCH_SPEED_STREAM_S=0 turns
 # that off (availableNow speed runs only, as everywhere else by default).
@@ -57,7 +69,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q --no-header -p no:cacheprovider tests/test_architecture.py
 
-test: install check-java chromium lint
+test: install check-java chromium postgres lint
 	$(BIN)/python -m pytest
 
 # The edit loop: every test that needs neither a JVM nor a broker (marks set in tests/conftest.py),

@@ -53,6 +53,10 @@ EXPECTED: dict[str, str] = {
     "LAMBDA_ARCH_QUARANTINE_RETENTION_DAYS": "a whole number of days >= 1",
     "LAMBDA_ARCH_LOG_MAX_MB": "a number of megabytes > 0, e.g. 50",
     "LAMBDA_ARCH_LOG_KEEP": "a whole number of rotated files from 1 to 100",
+    "LAMBDA_ARCH_DAGSTER_PG_URL": "a PostgreSQL URL, e.g. postgresql://user:password@host:5432/dagster",
+    "LAMBDA_ARCH_METASTORE_URL": (
+        "a PostgreSQL JDBC URL, e.g. jdbc:postgresql://host:5432/metastore?user=hive"
+    ),
 }
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -147,6 +151,11 @@ class Settings(BaseSettings):
     # Logs under logs_dir rotate past this size, keeping this many older files (name.log.1..K).
     log_max_mb: float = Field(50.0, gt=0, validation_alias="LAMBDA_ARCH_LOG_MAX_MB")
     log_keep: int = Field(3, ge=1, le=100, validation_alias="LAMBDA_ARCH_LOG_KEEP")
+    # Scale-out of the state stores (CONTRACT section 8): Dagster's runs, events and schedules in
+    # PostgreSQL instead of SQLite files, and the Hive metastore in PostgreSQL instead of Derby
+    # (which admits one JVM), so that several drivers share one catalog.
+    dagster_pg_url: str | None = Field(None, validation_alias="LAMBDA_ARCH_DAGSTER_PG_URL")
+    metastore_url: str | None = Field(None, validation_alias="LAMBDA_ARCH_METASTORE_URL")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -186,6 +195,20 @@ class Settings(BaseSettings):
     def _check_remote(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^sc://\S+$", value):
             raise ValueError("not a Spark Connect URL")
+        return value
+
+    @field_validator("dagster_pg_url")
+    @classmethod
+    def _check_pg_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^postgres(ql)?(\+psycopg2)?://\S+/\w\S*$", value):
+            raise ValueError("not a PostgreSQL URL")
+        return value
+
+    @field_validator("metastore_url")
+    @classmethod
+    def _check_metastore_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^jdbc:postgresql://\S+/\w\S*$", value):
+            raise ValueError("not a PostgreSQL JDBC URL")
         return value
 
     @field_validator("alert_webhook")

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
 
 from lambda_arch.common.config import Settings
 from lambda_arch.common.storage import hadoop_uri, s3_endpoint, s3_region
@@ -69,7 +70,57 @@ def catalog_conf(settings: Settings) -> dict[str, str]:
         "spark.hadoop.javax.jdo.option.ConnectionURL": (
             f"jdbc:derby:;databaseName={metastore / 'metastore_db'};create=true"
         ),
+        **metastore_conf(settings),
     }
+
+
+# Debian's libpostgresql-jdbc-java (`make postgres`): the JDBC driver of a PostgreSQL metastore.
+POSTGRES_JDBC_JAR = Path("/usr/share/java/postgresql.jar")
+
+
+def metastore_conf(settings: Settings) -> dict[str, str]:
+    """The Hive metastore in PostgreSQL when LAMBDA_ARCH_METASTORE_URL is set (empty otherwise).
+
+    Spark's built-in Hive client (2.3) talks to it through DataNucleus, which creates the schema
+    on first use; unlike Derby, any number of drivers (local sessions, the Connect server, cluster
+    drivers) share it at once. Only the driver opens the metastore, so the JDBC jar goes on the
+    driver's class path (the built-in client loads classes from Spark's own loader).
+    """
+    url = settings.metastore_url
+    if url is None:
+        return {}
+    if not POSTGRES_JDBC_JAR.is_file():
+        raise MetastoreJarError(
+            f"LAMBDA_ARCH_METASTORE_URL is set but the PostgreSQL JDBC driver {POSTGRES_JDBC_JAR} "
+            "is missing: `apt-get install libpostgresql-jdbc-java` (or `make postgres`)"
+        )
+    query = parse_qs(urlsplit(url.removeprefix("jdbc:")).query)
+    conf = {
+        "spark.sql.hive.metastore.jars": "builtin",
+        "spark.driver.extraClassPath": str(POSTGRES_JDBC_JAR),
+        "spark.hadoop.javax.jdo.option.ConnectionURL": url,
+        "spark.hadoop.javax.jdo.option.ConnectionDriverName": "org.postgresql.Driver",
+        # DataNucleus creates the schema lazily, each table when first used, in a connection of
+        # its own. autoCreateAll would also add foreign keys then, and on PostgreSQL the ALTER
+        # TABLE ... ADD CONSTRAINT waits forever for the metastore's open transaction that holds
+        # rows of the referenced table (seen on the first CREATE TABLE: TBL_PRIVS -> TBLS).
+        # Tables and columns without constraints never wait.
+        "spark.hadoop.datanucleus.schema.autoCreateAll": "false",
+        "spark.hadoop.datanucleus.schema.autoCreateTables": "true",
+        "spark.hadoop.datanucleus.schema.autoCreateColumns": "true",
+        "spark.hadoop.datanucleus.schema.autoCreateConstraints": "false",
+        "spark.hadoop.hive.metastore.schema.verification": "false",
+    }
+    # Hive's defaults (APP/mine) would otherwise be sent as the user and password.
+    if "user" in query:
+        conf["spark.hadoop.javax.jdo.option.ConnectionUserName"] = query["user"][0]
+    if "password" in query:
+        conf["spark.hadoop.javax.jdo.option.ConnectionPassword"] = query["password"][0]
+    return conf
+
+
+class MetastoreJarError(RuntimeError):
+    """The metastore is on PostgreSQL but its JDBC driver jar is missing."""
 
 
 # S3 through Hadoop's s3a connector ---------------------------------------------------------------
@@ -219,15 +270,20 @@ def write_log4j(settings: Settings) -> Path:
 
 def local_session_conf(settings: Settings, *, ui: bool = False) -> dict[str, str]:
     """Spark configuration of a classic (JVM-in-process) session for these settings."""
+    catalog, s3a = catalog_conf(settings), s3a_conf(settings)
     conf = {
         "spark.driver.host": "127.0.0.1",
         "spark.driver.bindAddress": "127.0.0.1",
         "spark.ui.enabled": "true" if ui else "false",
         # Progress bars belong to a terminal, not to Dagster's captured logs.
         "spark.ui.showConsoleProgress": "false",
-        **catalog_conf(settings),
-        **s3a_conf(settings),
+        **catalog,
+        **s3a,
     }
+    # Both may put jars on the driver's class path (the metastore's JDBC driver, s3a locally).
+    key = "spark.driver.extraClassPath"
+    if class_path := [part[key] for part in (catalog, s3a) if key in part]:
+        conf[key] = os.pathsep.join(class_path)
     conf["spark.driver.extraJavaOptions"] += (
         f" -Dlog4j2.configurationFile=file:{log4j_file(settings)}"
     )

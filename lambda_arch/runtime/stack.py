@@ -22,6 +22,7 @@ import fcntl
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -150,9 +151,18 @@ def workspace_file() -> Path:
 def dagster_instance_config(settings: Settings) -> dict[str, Any]:
     """dagster.yaml: no telemetry; queued runs limited overall and for Spark-tagged runs.
 
-    Storage, artifacts and compute logs keep Dagster's defaults, all under DAGSTER_HOME.
+    Storage is PostgreSQL when LAMBDA_ARCH_DAGSTER_PG_URL is set (runs, events, schedules and
+    sensor ticks: the webserver, the daemon and every run share it), else Dagster's SQLite files;
+    artifacts and compute logs stay under DAGSTER_HOME.
     """
+    storage = {}
+    if settings.dagster_pg_url:
+        # dagster-postgres drives psycopg2, but SQLAlchemy 2.1 reads a bare postgresql:// as
+        # psycopg 3: name the driver.
+        url = re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", settings.dagster_pg_url)
+        storage = {"storage": {"postgres": {"postgres_url": url}}}
     return {
+        **storage,
         "telemetry": {"enabled": False},
         "nux": {"enabled": False},
         "concurrency": {

@@ -8,8 +8,9 @@ Each of --trials trials (default 10) runs on a fresh LAMBDA_ARCH_HOME with free 
 2. `lambda-arch produce --events N --duplicates 0.05 --late 0.03 --malformed 0.01 --seed S
    --start ... --speedup ...` (a speedup meant for 2.5 days of event time; 2 to 3.6 were
    seen: at least two batch days complete), then a copy of every record the broker holds,
-   read back with kafka-python: partition, offset, key, value. Which records the generator made late or malformed is taken from the generator
-   itself (same seed, same records: only used to label, matched by payload bytes);
+   read back with kafka-python: partition, offset, key, value. Which records the generator
+   made late or malformed is taken from the generator itself (same seed, same records: only
+   used to label, matched by payload bytes);
 3. one fault, SIGKILL (the whole process tree, stopped with SIGSTOP first so it dies at one
    moment), of one of:
    - `run`: `lambda-arch run` (sensors and schedules stopped first, so its in-process runs do

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -410,16 +410,29 @@ def pending_incarnation_loss(
     either id is unknown)."""
     previous = checkpoint_topic_id(checkpoint) if is_local(checkpoint) else None
     bounds = bounds or _bounds(settings)
-    if bounds is None or not new_incarnation(previous, bounds.topic_id):
+    if bounds is None or bounds.topic_id is None:
         return None
-    assert previous is not None and bounds.topic_id is not None
-    return incarnation_loss(
-        read_ledger(settings.topic_ends_file),
-        settings.topic,
-        checkpoint_offsets(checkpoint) or {},
-        previous,
-        bounds.topic_id,
-    )
+    ledger = read_ledger(settings.topic_ends_file)
+    offsets = checkpoint_offsets(checkpoint) or {}
+    if previous is None and not offsets:
+        # A query that never committed (e.g. killed with the memory broker before its first
+        # micro-batch ended) read nothing of the incarnations the ledger saw before this one:
+        # every record they held is lost to it, counted from the first of them.
+        previous = _first_other_incarnation(ledger, settings.topic, bounds.topic_id)
+    if not new_incarnation(previous, bounds.topic_id):
+        return None
+    assert previous is not None
+    return incarnation_loss(ledger, settings.topic, offsets, previous, bounds.topic_id)
+
+
+def _first_other_incarnation(
+    ledger: Mapping[str, list[dict[str, Any]]], topic: str, current_id: str
+) -> str | None:
+    """The first incarnation of `topic` in the ledger that is not `current_id` (None: none)."""
+    for entry in ledger.get(topic) or []:
+        if entry.get("topic_id") not in (None, current_id):
+            return str(entry["topic_id"])
+    return None
 
 
 def report_loss(settings: Settings, name: str, loss: IncarnationLoss) -> None:

@@ -547,3 +547,27 @@ def test_an_event_from_the_future_moves_no_watermark(
     rows = read_quarantine(spark, lake).select("reason", "offset").collect()
     assert [(r["reason"], r["offset"]) for r in rows] == [(REASON_FUTURE, 10)]
     assert read_play_events(spark, lake).count() == 120
+
+
+def test_a_query_that_never_committed_counts_the_old_incarnations_it_never_read(
+    tmp_path: Path,
+) -> None:
+    """Seen in the fault campaign: `up` (memory broker) killed before the landing's first
+    micro-batch committed; the next start found a new topic, a ledger with the old incarnation's
+    3,000 records, and a checkpoint without a topic id, and reported no loss at all."""
+    from lambda_arch.ingest.incarnations import record_ends
+    from lambda_arch.ingest.kafka_offsets import TopicBounds
+    from lambda_arch.speed.layer import pending_incarnation_loss
+
+    settings = Settings(LAMBDA_ARCH_HOME=str(tmp_path / "home"))
+    record_ends(settings.topic_ends_file, settings.topic, "old", {0: 1_200, 1: 1_800}, final=True)
+    record_ends(settings.topic_ends_file, settings.topic, "new", {0: 0, 1: 0})
+    bounds = TopicBounds(earliest={0: 0, 1: 0}, end={0: 0, 1: 0}, topic_id="new")
+    never_committed = tmp_path / "checkpoint"
+    never_committed.mkdir()
+    loss = pending_incarnation_loss(settings, str(never_committed), bounds)
+    assert loss is not None and loss.total == 3_000 and loss.previous_id == "old"
+    # The current incarnation alone in the ledger: nothing lost.
+    fresh = Settings(LAMBDA_ARCH_HOME=str(tmp_path / "fresh"))
+    record_ends(fresh.topic_ends_file, fresh.topic, "new", {0: 5})
+    assert pending_incarnation_loss(fresh, str(never_committed), bounds) is None

@@ -18,6 +18,7 @@ from lambda_arch.runtime.broker import EmbeddedBroker, free_port
 FIXTURE_MARKS = {"spark": "jvm", "broker": "broker"}
 FILE_MARKS: dict[str, tuple[str, ...]] = {
     "assets/test_batch_cli.py": ("jvm", "broker"),  # the Dagster CLI runs batch_job
+    "assets/test_long_backfill.py": ("jvm", "broker"),  # its own Connect server, a child run
     "lambda_arch/cli/test_run.py": ("jvm", "broker"),  # `lambda-arch run`
     "lambda_arch/cli/test_run_beside_sensors.py": ("jvm", "broker"),  # `up`, then `run`
     "lambda_arch/common/test_storage.py": ("jvm",),  # a Spark child against an S3 server

@@ -14,8 +14,8 @@ D-1 is read whole, so a session that ends on D is exact when it lasted less than
 (longer chains of events less than 30 minutes apart are cut at D-1 00:00).
 
 A run computes a range of days with one Spark job per table (`compute_range`), whatever the
-number of days: per-day jobs made a long backfill cost minutes of fixed overhead per day and
-per-day conditions made plans too deep for Spark Connect. A computation never overwrites: it
+number of days: a job per day and table made a long backfill pay seconds of fixed cost per day,
+and conditions per day made plans too deep for Spark Connect. A computation never overwrites: it
 writes every day aside to `<table>/dt=D/v=<version>` (a folder per computation), then swaps each
 day to it (the Hive partition's location for Spark's readers, then the day's state file, which
 names the version, for pyarrow readers), then deletes the previous folder. A failure before the
@@ -523,8 +523,8 @@ def write_days(
 
     This is where every launcher meets (a sensor, the schedule, `lambda-arch run`, a UI or CLI
     backfill): a run that finds another run writing waits until it is done, then writes; two
-    `INSERT OVERWRITE`s of one table never overlap (they would delete each other's
-    `_temporary` folder and both fail). `log` hears when and for whom a run waits.
+    computations of one day never overlap (the later swap's clean-up would delete the folder
+    the other has just swapped in). `log` hears when and for whom a run waits.
     """
 
     def waiting(holder: str, waited_s: float) -> None:

@@ -22,10 +22,11 @@ import pytest
 
 from lambda_arch.common.config import Settings
 from lambda_arch.ingest.producer import ensure_topic, make_producer
-from lambda_arch.runtime.broker import EmbeddedBroker, ServiceError, free_port
+from lambda_arch.runtime.broker import EmbeddedBroker, ServiceError
 from lambda_arch.runtime.spark import running_server_url
 from lambda_arch.runtime.spark_connect import ConnectServer
 from lambda_arch.runtime.stack import write_pid_file
+from tests.connect_helpers import connect_server
 
 CHILD = Path(__file__).with_name("connect_client_child.py")
 CHILD_TIMEOUT_S = 300
@@ -55,24 +56,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectServer]:
     """One Connect server on a free port, with a LAMBDA_ARCH_HOME of its own, as `up` runs it
     (its PID file included, so build_session finds it without SPARK_REMOTE)."""
     root = tmp_path_factory.mktemp("spark-connect")
-    settings = Settings(
-        LAMBDA_ARCH_HOME=str(root / "home"),
-        LAMBDA_ARCH_SPARK_MASTER="local[2]",
-        LAMBDA_ARCH_SPARK_CONNECT_PORT=free_port(),
-        LAMBDA_ARCH_SHUFFLE_PARTITIONS=2,
-    )
-    connect = ConnectServer(settings)
-    with pytest.MonkeyPatch.context() as patch:  # the server's environment only
-        patch.setenv("PYSPARK_PYTHON", str(python_without_lambda_arch(root)))
-        connect.launch()
-    try:
-        connect.wait_ready()
+    with connect_server(root / "home", python_without_lambda_arch(root)) as connect:
         assert connect.process is not None
-        settings.run_dir.mkdir(parents=True, exist_ok=True)
-        write_pid_file(settings.run_dir / PID_FILE, connect.process.pid)
+        connect.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        write_pid_file(connect.settings.run_dir / PID_FILE, connect.process.pid)
         yield connect
-    finally:
-        connect.stop()
 
 
 def client_env(server: ConnectServer, **extra: str) -> dict[str, str]:

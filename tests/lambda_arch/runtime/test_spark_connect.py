@@ -150,7 +150,12 @@ def test_kafka_source_and_speed_queries_over_connect(
         "plays": {str(title): count for title, count in plays.items()},
     }
     assert result["landing"] == {
-        "observed": {"landing.records": total, "landing.valid": valid, "landing.quarantined": 2},
+        "observed": {
+            "landing.records": total,
+            "landing.valid": valid,
+            "landing.quarantined": 2,
+            "landing.future": 0,  # of the quarantined: event_time in the future
+        },
         "events": valid,  # raw: the duplicate stays
         "quarantine": 2,
     }

@@ -42,10 +42,12 @@ def parse_time(text: str, *, assume_utc: bool = False) -> datetime:
     try:
         parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ValueError(f"{text!r} is not an ISO-8601 time such as 2026-03-01T12:00:00Z") from None
+        raise ValueError(
+            f"{_quoted(text)} is not an ISO-8601 time such as 2026-03-01T12:00:00Z"
+        ) from None
     if parsed.tzinfo is None:
         if not assume_utc:
-            raise ValueError(f"{text!r} has no UTC offset: add Z or +HH:MM")
+            raise ValueError(f"{_quoted(text)} has no UTC offset: add Z or +HH:MM")
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)
 
@@ -71,3 +73,9 @@ def from_epoch_millis(millis: int) -> datetime:
 def from_epoch_seconds(seconds: float) -> datetime:
     """The aware UTC datetime of epoch seconds, as `time.time()` and Kafka clients give them."""
     return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def _quoted(text: str, most: int = 60) -> str:
+    """The text as an error message quotes it: repr, cut to `most` characters (a hostile
+    request may send kilobytes)."""
+    return repr(text if len(text) <= most else text[:most] + "...")

@@ -210,6 +210,7 @@ def requests(draw: st.DrawFn) -> tuple[str, bytes, set[str]]:
 @example(request=("/discovery", b"as_of=1970-01-01T00:00:00%2B14:00&window=44640", {"as_of"}))
 @example(request=("/sessions", b"member_id=7&after_title=3", {"after_title"}))
 @example(request=("/trending", b"window=" + b"9" * 5000, {"window"}))
+@example(request=("/trending", b"as_of=1" + b"0" * 4000 + b"T12:00:00Z", {"as_of"}))
 def test_no_request_gets_a_500_or_a_traceback(app: Any, request: tuple[str, bytes, set]) -> None:
     path, query, names = request
     status, body = call(app, path, query)

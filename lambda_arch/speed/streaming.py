@@ -296,9 +296,11 @@ def committed_offsets(checkpoint: str) -> dict[int, int] | None:
     if "://" in checkpoint and not checkpoint.startswith("file:"):
         return None
     try:
-        return checkpoint_offsets(checkpoint)
+        offsets = checkpoint_offsets(checkpoint)
     except (OSError, IndexError, ValueError):
         return None  # not a Kafka-offset checkpoint (another source): no offsets to report
+    # Another source's offsets decode to no Kafka partition at all (keys like topicId skipped).
+    return offsets or None
 
 
 # Failures -----------------------------------------------------------------------------------

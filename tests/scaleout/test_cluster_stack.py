@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance
+from dagster import DagsterInstance, RunsFilter
 
 from lambda_arch.runtime.broker import free_port
 from tests.scaleout.engines import Postgres, SparkCluster
@@ -278,7 +278,13 @@ def test_up_on_a_spark_cluster_with_postgres_answers_as_computed(
             assert type(instance.run_storage).__name__ == "PostgresRunStorage"
             assert instance.get_backfill(backfill_id) is not None
             jobs = Counter(r.dagster_run.job_name for r in instance.get_run_records())
-        assert jobs["speed_job"] >= 1 and jobs["batch_job"] >= 2, jobs
+            # A backfill launched from the UI/GraphQL over assets runs as Dagster's asset job.
+            backfill_runs = instance.get_run_records(
+                RunsFilter(tags={"dagster/backfill": backfill_id})
+            )
+        assert jobs["speed_job"] >= 1 and jobs["batch_job"] >= 1, jobs
+        assert backfill_runs, jobs
+        assert {r.dagster_run.status.value for r in backfill_runs} == {"SUCCESS"}
         assert postgres.query("up_dagster", "SELECT count(*) FROM runs")[0][0] == sum(jobs.values())
         # The lake's tables are in the PostgreSQL metastore.
         tables = {row[0] for row in postgres.query("up_metastore", 'SELECT "TBL_NAME" FROM "TBLS"')}

@@ -53,16 +53,15 @@ def test_the_default_as_of_holds_the_newest_minute(served: Pipeline) -> None:
     assert default["titles"] == oracle.trending(
         newest_minute + timedelta(minutes=1), 60, None, 1000
     )
-    # The last 10 minutes hold plays (the old default, the speed watermark, left them out), and
-    # the default answer counts every one of them. (The newest minute itself may hold only
-    # heartbeats and stops: it is still the end of the window.)
+    # The default answer counts every play of its window. (Whether the shared traffic has plays
+    # in its last 10 minutes depends on the generator; the store-level test of the default
+    # pins the minute after the newest event, which fails on the old speed-watermark default.)
     end = newest_minute + timedelta(minutes=1)
     in_window = [
         e
         for e in events
         if e.event_type == "play_start" and end - timedelta(hours=1) <= e.event_time < end
     ]
-    assert any(e.event_time >= newest - timedelta(minutes=10) for e in in_window)
     assert sum(row["plays"] for row in default["titles"]) == len(in_window)
 
 

@@ -123,7 +123,7 @@ def wait_for_kafka(bootstrap_servers: str, timeout_s: float = 30.0) -> None:
     """Block until a broker answers at bootstrap_servers, or raise ServiceError after timeout_s."""
     deadline = time.monotonic() + timeout_s
     while (remaining := deadline - time.monotonic()) > 0:
-        if kafka_ready(bootstrap_servers, timeout_s=min(2.0, remaining)):
+        if kafka_ready(bootstrap_servers, timeout_s=min(10.0, remaining)):
             return
         time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
     raise ServiceError(f"no Kafka broker answered at {bootstrap_servers} within {timeout_s:.0f} s")
@@ -177,9 +177,11 @@ class EmbeddedBroker:
                     f"the embedded broker exited with code {self.process.returncode} on start"
                     + (f"; see {self.log_path}" if self.log_path else "")
                 )
-            # Bounded by the time left, so a broker that exits is noticed at the next poll.
+            # A closed port answers at once (TCP probe); once it accepts, a metadata answer may
+            # take seconds (a broker on s3:// storage reading its segments back after a crash).
+            # Bounded so that a broker that exits is noticed at the next poll.
             remaining = deadline - time.monotonic()
-            if kafka_ready(self.bootstrap_servers, timeout_s=max(min(1.0, remaining), 0.1)):
+            if kafka_ready(self.bootstrap_servers, timeout_s=max(min(10.0, remaining), 0.1)):
                 return self
             time.sleep(0.1)
         self.stop()

@@ -279,6 +279,7 @@ def test_malformed_records_are_quarantined_with_reasons_while_the_stream_goes_on
         "landing.records": len(topic.records),
         "landing.valid": len(valid),
         "landing.quarantined": len(rejected),
+        "landing.future": 0,  # of the quarantined: event_time in the future
     }
     # The bad records came in many different micro-batches, and every batch had good ones too.
     bad_batches = {batch_of(landing, p, o) for p, o in rejected}

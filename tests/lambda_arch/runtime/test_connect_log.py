@@ -11,17 +11,13 @@ failing query, and its log has the failure but no INVALID_CURSOR.
 from __future__ import annotations
 
 import subprocess
-import sys
-import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lambda_arch.common.config import Settings
-from lambda_arch.runtime.broker import free_port
 from lambda_arch.runtime.spark import write_log4j
-from lambda_arch.runtime.spark_connect import ConnectServer, spark_home
+from lambda_arch.runtime.spark_connect import spark_home
 
 pytestmark = pytest.mark.jvm
 
@@ -42,34 +38,6 @@ public class Logs {
     }
 }
 """
-
-CLIENT = textwrap.dedent(
-    """
-    import sys
-    from pyspark.sql import SparkSession
-    from pyspark.errors import AnalysisException
-    spark = SparkSession.builder.remote(sys.argv[1]).getOrCreate()
-    folder = sys.argv[2]
-
-    def each(batch, batch_id):
-        batch.count()
-        batch.limit(3).collect()
-        batch.write.mode("append").parquet(folder + "/out")
-
-    for n in range(3):
-        spark.range(1000).selectExpr("sum(id)").collect()
-        spark.range(10).first()
-        (spark.readStream.format("rate").option("rowsPerSecond", 20).load()
-            .writeStream.foreachBatch(each).trigger(availableNow=True)
-            .option("checkpointLocation", f"{folder}/checkpoint{n}").start()
-            .awaitTermination())
-    try:
-        spark.sql("SELECT * FROM nowhere_to_be_found").collect()
-    except AnalysisException:
-        print("failed as expected")
-    spark.stop()
-    """
-)
 
 
 @pytest.fixture
@@ -98,30 +66,3 @@ def test_the_written_log_config_drops_the_cursor_race_and_keeps_query_errors(
     assert "INVALID_CURSOR" not in logged.stderr and "async-grpc" not in logged.stderr
     assert f"ERROR ErrorUtils: {QUERY_FAILED}" in logged.stderr, logged.stderr
     assert "TABLE_OR_VIEW_NOT_FOUND" in logged.stderr  # with its exception
-
-
-@pytest.fixture
-def server(settings: Settings) -> Iterator[ConnectServer]:
-    connect = ConnectServer(settings, port=free_port())
-    connect.start()
-    try:
-        yield connect
-    finally:
-        connect.stop()
-
-
-@pytest.mark.timeout(600)
-def test_a_connect_servers_log_has_query_failures_but_no_cursor_errors(
-    server: ConnectServer, tmp_path: Path
-) -> None:
-    client = subprocess.run(
-        [sys.executable, "-c", CLIENT, server.url, str(tmp_path / "stream")],
-        capture_output=True,
-        text=True,
-        timeout=480,
-        check=False,
-    )
-    assert client.returncode == 0 and "failed as expected" in client.stdout, client.stderr[-3000:]
-    log = server.log_path.read_text()
-    assert "INVALID_CURSOR" not in log
-    assert "nowhere_to_be_found" in log, log[-3000:]  # the real error is there

@@ -162,8 +162,12 @@ class EmbeddedBroker:
             storage_url(self.storage),
         ]
 
-    def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
-        """Start the broker and wait until it answers over the Kafka protocol."""
+    def start(self, timeout_s: float | None = None) -> EmbeddedBroker:
+        """Start the broker and wait until it answers over the Kafka protocol.
+
+        The default wait is 30 s, 90 s on s3:// storage (every answer there may wait on S3)."""
+        if timeout_s is None:
+            timeout_s = 90.0 if self.storage.startswith("s3://") else 30.0
         if port_in_use(self.port):
             raise ServiceError(
                 f"port 127.0.0.1:{self.port} is already in use: stop what listens there, "
@@ -175,7 +179,7 @@ class EmbeddedBroker:
             if self.process.poll() is not None:
                 raise ServiceError(
                     f"the embedded broker exited with code {self.process.returncode} on start"
-                    + (f"; see {self.log_path}" if self.log_path else "")
+                    + self._log_tail()
                 )
             # A closed port answers at once (TCP probe); once it accepts, a metadata answer may
             # take seconds (a broker on s3:// storage reading its segments back after a crash).
@@ -185,7 +189,16 @@ class EmbeddedBroker:
                 return self
             time.sleep(0.1)
         self.stop()
-        raise ServiceError(f"the embedded broker did not answer within {timeout_s:.0f} s")
+        raise ServiceError(
+            f"the embedded broker did not answer within {timeout_s:.0f} s{self._log_tail()}"
+        )
+
+    def _log_tail(self, chars: int = 1500) -> str:
+        """The end of the broker's log, for an error message ('' without a log)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        tail = self.log_path.read_text(errors="replace")[-chars:].strip()
+        return f"; see {self.log_path}, which ends:\n{tail}" if tail else ""
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.process is not None:

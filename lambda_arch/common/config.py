@@ -54,6 +54,7 @@ EXPECTED: dict[str, str] = {
     "LAMBDA_ARCH_LOG_MAX_MB": "a number of megabytes > 0, e.g. 50",
     "LAMBDA_ARCH_LOG_KEEP": "a whole number of rotated files from 1 to 100",
     "LAMBDA_ARCH_DAGSTER_PG_URL": "a PostgreSQL URL, e.g. postgresql://user:password@host:5432/dagster",
+    "LAMBDA_ARCH_VIEWS_FILE": "the path of a TOML file of [views.NAME] tables",
     "LAMBDA_ARCH_METASTORE_URL": (
         "a PostgreSQL JDBC URL, e.g. jdbc:postgresql://host:5432/metastore?user=hive"
     ),
@@ -156,6 +157,8 @@ class Settings(BaseSettings):
     # (which admits one JVM), so that several drivers share one catalog.
     dagster_pg_url: str | None = Field(None, validation_alias="LAMBDA_ARCH_DAGSTER_PG_URL")
     metastore_url: str | None = Field(None, validation_alias="LAMBDA_ARCH_METASTORE_URL")
+    # A TOML file of count views beyond the built-in ones (CONTRACT section 9).
+    views_file: Path | None = Field(None, validation_alias="LAMBDA_ARCH_VIEWS_FILE")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

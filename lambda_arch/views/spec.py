@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lambda_arch.views.transforms import DISCOVERY_COLUMNS, SESSION_COLUMNS, TRENDING_COLUMNS
+from lambda_arch.views import declarations
+from lambda_arch.views.declarations import CountView
+from lambda_arch.views.transforms import SESSION_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -36,17 +38,16 @@ class ViewSpec:
         return () if self.key is None else (self.batch_store, self.speed_store)
 
 
-TRENDING = ViewSpec(
-    "trending", "trending_speed", "trending_batch", TRENDING_COLUMNS, "title_id", "minute"
-)
-DISCOVERY = ViewSpec(
-    "discovery",
-    "discovery_speed",
-    "discovery_batch",
-    DISCOVERY_COLUMNS,
-    "discovery_source",
-    "minute",
-)
+def spec_of(view: CountView) -> ViewSpec:
+    """A declared count view's tables: `<name>_speed`, `<name>_batch`, ranked by its last
+    dimension, split at the batch watermark by minute."""
+    return ViewSpec(
+        view.name, f"{view.name}_speed", f"{view.name}_batch", view.columns, view.ranked, "minute"
+    )
+
+
+TRENDING = spec_of(declarations.TRENDING)
+DISCOVERY = spec_of(declarations.DISCOVERY)
 SESSIONS = ViewSpec(
     "sessions", "sessions_speed", "sessions_batch", SESSION_COLUMNS, None, "session_end"
 )

@@ -18,8 +18,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from lambda_arch.ingest.spark_schema import QUARANTINE_REASON_COLUMN, SPARK_EVENT_COLUMNS
+from lambda_arch.views.declarations import DISCOVERY, TRENDING, CountView
 
-PLAY_START = "play_start"
 # CONTRACT section 3: a gap of 30 minutes or more between two events starts a new session.
 SESSION_GAP = timedelta(minutes=30)
 # Spark merges an event into a session when its time is <= the session's window end (last event
@@ -31,8 +31,8 @@ SPARK_SESSION_GAP = f"{SESSION_GAP // timedelta(microseconds=1) - 1} microsecond
 # Kafka record columns that travel with an event when present (for lineage and tie-breaking).
 KAFKA_COLUMNS: tuple[str, ...] = ("topic", "partition", "offset", "timestamp")
 # Columns of each view, in order (the readers of the speed and batch tables return these).
-TRENDING_COLUMNS: tuple[str, ...] = ("minute", "country", "title_id", "plays")
-DISCOVERY_COLUMNS: tuple[str, ...] = ("minute", "country", "discovery_source", "plays")
+TRENDING_COLUMNS: tuple[str, ...] = TRENDING.columns
+DISCOVERY_COLUMNS: tuple[str, ...] = DISCOVERY.columns
 SESSION_COLUMNS: tuple[str, ...] = (
     "member_id",
     "title_id",
@@ -41,8 +41,8 @@ SESSION_COLUMNS: tuple[str, ...] = (
     "events",
     "watched_ms",
 )
-TRENDING_SCHEMA = "minute timestamp, country string, title_id bigint, plays bigint"
-DISCOVERY_SCHEMA = "minute timestamp, country string, discovery_source string, plays bigint"
+TRENDING_SCHEMA = TRENDING.spark_schema
+DISCOVERY_SCHEMA = DISCOVERY.spark_schema
 SESSION_SCHEMA = (
     "member_id bigint, title_id bigint, session_start timestamp, session_end timestamp, "
     "events bigint, watched_ms bigint"
@@ -82,30 +82,32 @@ def deduplicate(events: DataFrame, by: Sequence[str] = ()) -> DataFrame:
     )
 
 
-def _plays(events: DataFrame) -> DataFrame:
-    return events.where(F.col("event_type") == PLAY_START).withColumn(
-        "minute", F.date_trunc("minute", F.col("event_time"))
+def count_deltas(events: DataFrame, view: CountView) -> DataFrame:
+    """A count view's plays per (1-minute event-time bucket, dimensions): its `columns`.
+
+    Over a day of history this is the batch layer's partition; over one deduplicated
+    micro-batch it is that batch's speed deltas (the sum over batches is the view)."""
+    types = view.event_types
+    counted = (
+        F.col("event_type") == types[0] if len(types) == 1 else F.col("event_type").isin(*types)
+    )
+    return (
+        events.where(counted)
+        .withColumn("minute", F.date_trunc("minute", F.col("event_time")))
+        .groupBy("minute", *view.dimensions)
+        .agg(F.count(F.lit(1)).cast("bigint").alias("plays"))
+        .select(*view.columns)
     )
 
 
 def trending_counts(events: DataFrame) -> DataFrame:
     """Plays per (1-minute event-time bucket, country, title): minute, country, title_id, plays."""
-    return (
-        _plays(events)
-        .groupBy("minute", "country", "title_id")
-        .agg(F.count(F.lit(1)).cast("bigint").alias("plays"))
-        .select(*TRENDING_COLUMNS)
-    )
+    return count_deltas(events, TRENDING)
 
 
 def discovery_counts(events: DataFrame) -> DataFrame:
     """Plays per (minute, country, discovery_source): minute, country, discovery_source, plays."""
-    return (
-        _plays(events)
-        .groupBy("minute", "country", "discovery_source")
-        .agg(F.count(F.lit(1)).cast("bigint").alias("plays"))
-        .select(*DISCOVERY_COLUMNS)
-    )
+    return count_deltas(events, DISCOVERY)
 
 
 def stitch_sessions(events: DataFrame, by: Sequence[str] = ()) -> DataFrame:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date
@@ -16,6 +18,48 @@ from lambda_arch.batch import layer as batch
 
 # Backfills whose daemon may still launch runs.
 _BACKFILL_IN_FLIGHT = [BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING]
+# Runs that execute in the process that started them (`lambda-arch run`) carry its pid and host:
+# when that process is killed, its run stays STARTED (the default run launcher has no worker
+# health check), and without these tags every sensor and `run` would wait on it for ever.
+RUN_PID_TAG = "lambda_arch/pid"
+RUN_HOST_TAG = "lambda_arch/host"
+
+
+def in_process_run_tags() -> dict[str, str]:
+    """The tags that let others tell whether this process's in-process run is still alive."""
+    return {RUN_PID_TAG: str(os.getpid()), RUN_HOST_TAG: socket.gethostname()}
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def is_abandoned(run: DagsterRun) -> bool:
+    """Whether a run in flight executed in a process of this host that no longer exists."""
+    pid = run.tags.get(RUN_PID_TAG, "")
+    if not pid.isdigit() or run.tags.get(RUN_HOST_TAG) != socket.gethostname():
+        return False
+    return int(pid) != os.getpid() and _process_gone(int(pid))
+
+
+def live_runs(instance: DagsterInstance, runs: list[DagsterRun]) -> list[DagsterRun]:
+    """The runs still alive; an abandoned one is marked failed (the run-failure alert fires)."""
+    live = []
+    for run in runs:
+        if is_abandoned(run):
+            instance.report_run_failed(
+                run,
+                f"its process (pid {run.tags[RUN_PID_TAG]}) ended without finishing the run",
+            )
+        else:
+            live.append(run)
+    return live
 
 
 def job_in_flight(instance: DagsterInstance, job_name: str) -> bool:
@@ -24,27 +68,31 @@ def job_in_flight(instance: DagsterInstance, job_name: str) -> bool:
     Queued counts: with the Spark-run limit of dagster.yaml a requested run can wait behind a
     batch run for minutes, and a sensor that ignored it would queue one more every tick.
     """
-    runs = instance.get_run_records(
-        filters=RunsFilter(job_name=job_name, statuses=list(NOT_FINISHED_STATUSES)), limit=1
+    records = instance.get_run_records(
+        filters=RunsFilter(job_name=job_name, statuses=list(NOT_FINISHED_STATUSES)), limit=50
     )
-    return bool(runs)
+    return bool(live_runs(instance, [record.dagster_run for record in records]))
 
 
 def runs_in_flight(
     instance: DagsterInstance, job_name: str, asset_keys: Collection[AssetKey] = ()
 ) -> list[DagsterRun]:
     """Queued, starting or running runs of `job_name`, or of any job that materializes one of
-    `asset_keys` (a UI backfill or `dagster asset materialize` runs the implicit asset job)."""
+    `asset_keys` (a UI backfill or `dagster asset materialize` runs the implicit asset job).
+    Runs whose process is gone are marked failed and left out."""
     records = instance.get_run_records(
         filters=RunsFilter(statuses=list(NOT_FINISHED_STATUSES)), limit=500
     )
     keys = set(asset_keys)
-    return [
-        record.dagster_run
-        for record in records
-        if record.dagster_run.job_name == job_name
-        or keys & set(record.dagster_run.asset_selection or ())
-    ]
+    return live_runs(
+        instance,
+        [
+            record.dagster_run
+            for record in records
+            if record.dagster_run.job_name == job_name
+            or keys & set(record.dagster_run.asset_selection or ())
+        ],
+    )
 
 
 @dataclass(frozen=True)

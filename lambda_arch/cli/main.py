@@ -194,6 +194,9 @@ def headless_run(current: Settings) -> None:
         write_dagster_yaml(current)
     defs = _definitions()
 
+    from sensors.runs import in_process_run_tags
+
+    run_tags = {"lambda_arch/reason": "cli-run", **in_process_run_tags()}
     started = datetime.now(UTC)
     # The home's instance by its folder, not through DAGSTER_HOME: the process environment
     # stays as the user set it (every run here executes in this process).
@@ -201,7 +204,7 @@ def headless_run(current: Settings) -> None:
         _await_speed_runs(instance)
         click.echo("speed layer: catching up with the topic ...")
         speed = defs.resolve_job_def("speed_job").execute_in_process(
-            instance=instance, tags={"lambda_arch/reason": "cli-run"}, raise_on_error=False
+            instance=instance, tags=run_tags, raise_on_error=False
         )
         _check_run("speed_job", speed)
         for event in speed.get_asset_materialization_events():
@@ -221,7 +224,7 @@ def headless_run(current: Settings) -> None:
         for first, last in batch.day_ranges(days):
             click.echo(f"batch layer: recomputing {first} .. {last} ...")
             tags = {
-                "lambda_arch/reason": "cli-run",
+                **run_tags,
                 "dagster/asset_partition_range_start": first.isoformat(),
                 "dagster/asset_partition_range_end": last.isoformat(),
             }
@@ -233,7 +236,7 @@ def headless_run(current: Settings) -> None:
         if days or reused:
             click.echo("serving layer: refreshing the store ...")
             result = defs.resolve_job_def("serving_job").execute_in_process(
-                instance=instance, tags={"lambda_arch/reason": "cli-run"}, raise_on_error=False
+                instance=instance, tags=run_tags, raise_on_error=False
             )
             _check_run("serving_job", result)
     seconds = (datetime.now(UTC) - started).total_seconds()
@@ -248,8 +251,8 @@ def headless_run(current: Settings) -> None:
 
 
 # How often `run` looks at the runs it waits for, and how long it waits for others' work in
-# flight at most: the locks keep overlapping writers apart anyway, so past this bound (a run
-# whose worker died stays STARTED in an instance without run monitoring) `run` goes ahead.
+# flight at most: the locks keep overlapping writers apart anyway, so past this bound `run` goes
+# ahead. (A run of a killed `lambda-arch run` is marked failed at once: sensors.runs.live_runs.)
 _IN_FLIGHT_POLL_S = 2.0
 IN_FLIGHT_WAIT_S = 3600.0
 
@@ -259,6 +262,8 @@ def _await_runs(instance: Any, describe: dict[str, str], deadline: float) -> Non
     import time
 
     from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+
+    from sensors.runs import live_runs
 
     waiting = dict(describe)
     began = time.monotonic()
@@ -273,6 +278,12 @@ def _await_runs(instance: Any, describe: dict[str, str], deadline: float) -> Non
         time.sleep(_IN_FLIGHT_POLL_S)
         for run_id in list(waiting):
             run = instance.get_run_by_id(run_id)
+            if (
+                run is not None
+                and run.status in NOT_FINISHED_STATUSES
+                and not live_runs(instance, [run])
+            ):
+                run = instance.get_run_by_id(run_id)  # marked failed: its process is gone
             if run is None or run.status not in NOT_FINISHED_STATUSES:
                 status = run.status.value.lower() if run is not None else "gone"
                 click.echo(

@@ -214,7 +214,7 @@ def headless_run(current: Settings) -> None:
                 f"  {event.asset_key.to_user_string()}: "
                 f"{read.value if read is not None else '?'} events read"
             )
-        owed, days, reused = _owed_after_work_in_flight(current, instance, defs)
+        owed, days = _owed_after_work_in_flight(current, instance, defs)
         if not days:
             click.echo(
                 f"batch layer: nothing owed ({len(owed.complete)} complete days, "
@@ -232,13 +232,14 @@ def headless_run(current: Settings) -> None:
                 instance=instance, tags=tags, raise_on_error=False
             )
             _check_run(f"batch_job {first}..{last}", result)
-        # speed_job refreshed the store; batch runs (ours, or those we waited for) change it.
-        if days or reused:
-            click.echo("serving layer: refreshing the store ...")
-            result = defs.resolve_job_def("serving_job").execute_in_process(
-                instance=instance, tags=run_tags, raise_on_error=False
-            )
-            _check_run("serving_job", result)
+        # speed_job refreshed the store; batch runs change it: ours, those we waited for, and
+        # those that finished before we looked (a sensor's run that left nothing owed, whose
+        # serving sensor may not have ticked yet). Refreshing is cheap when nothing changed.
+        click.echo("serving layer: refreshing the store ...")
+        result = defs.resolve_job_def("serving_job").execute_in_process(
+            instance=instance, tags=run_tags, raise_on_error=False
+        )
+        _check_run("serving_job", result)
     seconds = (datetime.now(UTC) - started).total_seconds()
     from lambda_arch.serving.store import ServingStore
 
@@ -311,8 +312,8 @@ def _await_speed_runs(instance: Any) -> None:
 
 def _owed_after_work_in_flight(
     current: Settings, instance: Any, defs: Any
-) -> tuple[Any, list[Any], bool]:
-    """(batch plan, days to launch, whether other work was waited for): the owed days once the
+) -> tuple[Any, list[Any]]:
+    """(batch plan, days to launch): the owed days once the
     batch runs and backfills in flight that cover some of them have finished (they may have
     computed them, or failed: then they are still owed)."""
     import time
@@ -325,20 +326,18 @@ def _owed_after_work_in_flight(
     keys = [asset.key for asset in BATCH_ASSETS]
     graph = defs.resolve_asset_graph()
     deadline = time.monotonic() + IN_FLIGHT_WAIT_S
-    reused = False
     while True:
         owed = batch.plan(current)
         days = sorted({*owed.missing, *owed.stale})
         if not days or time.monotonic() >= deadline:
-            return owed, days, reused
+            return owed, days
         work = [
             w
             for w in batch_work_in_flight(instance, BATCH_JOB_NAME, keys, graph)
             if w.overlaps(days)
         ]
         if not work:
-            return owed, days, reused
-        reused = True
+            return owed, days
         click.echo(
             f"batch layer: {len(days)} owed days are being computed already; reusing that work"
         )
@@ -349,7 +348,7 @@ def _owed_after_work_in_flight(
             # Backfills between runs: their next run starts within a daemon tick.
             time.sleep(_IN_FLIGHT_POLL_S)
         else:
-            return owed, days, reused  # no daemon launches their runs: nothing to wait for
+            return owed, days  # no daemon launches their runs: nothing to wait for
 
 
 def _backfill_daemon_alive(instance: Any) -> bool:

@@ -92,7 +92,8 @@ def test_run_on_an_empty_topic_then_new_data_then_again(
     assert "trending_speed: 0 events read" in out and "nothing owed" in out
     with DagsterInstance.from_config(str(run_env.dagster_home)) as instance:
         jobs = sorted(r.dagster_run.job_name for r in instance.get_run_records())
-    assert jobs == ["batch_job", "serving_job", "speed_job", "speed_job", "speed_job"]
+    # Every pass ends with a serving refresh (a sensor's batch run may have left nothing owed).
+    assert jobs == ["batch_job", *["serving_job"] * 3, *["speed_job"] * 3]
 
     # status: the broker, every watermark, the store and the instance's materializations.
     assert main(["status", "--json"]) == 0

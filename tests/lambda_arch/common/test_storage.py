@@ -271,7 +271,9 @@ def test_check_bucket_names_an_unreachable_endpoint(bucket: str) -> None:
     assert dead in str(error.value) and bucket in str(error.value)
 
 
-def test_pyarrow_reaches_the_endpoint_of_the_aws_variables(aws_env: str, bucket: str) -> None:
+def test_pyarrow_reaches_the_endpoint_of_the_aws_variables(
+    aws_env: str, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """lake.py, batch.py and speed.py use pyarrow's S3 file system: it follows AWS_ENDPOINT_URL
     (and AWS_ENDPOINT_URL_S3, which wins) with no code of ours."""
     lake = Lake(f"s3a://{bucket}/pa", "probe_db")
@@ -280,8 +282,10 @@ def test_pyarrow_reaches_the_endpoint_of_the_aws_variables(aws_env: str, bucket:
     with filesystem.open_output_stream(f"{base}/x/file.bin") as out:
         out.write(b"12345")
     assert keys(aws_env, bucket, "pa/") == ["pa/probe_db.db/x/file.bin"]
-    os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"  # restored by monkeypatch
-    os.environ["AWS_ENDPOINT_URL_S3"] = aws_env
+    # Through monkeypatch, so both are restored: a leaked AWS_ENDPOINT_URL_S3 once pointed a
+    # later test's broker (its S3 client reads it too) at this module's stopped moto_server.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", aws_env)
     filesystem, _ = pafs.FileSystem.from_uri(f"s3://{bucket}/pa")
     assert filesystem.get_file_info(f"{base}/x/file.bin").size == 5
 

@@ -769,6 +769,8 @@ def test_a_broker_on_s3_storage_restarted_by_kill_9_loses_nothing_and_counts_not
     and restart keep the topic, its id and its offsets; the speed runs go on exactly."""
     bucket = f"broker-{uuid.uuid4().hex[:8]}"
     s3_client(moto).create_bucket(Bucket=bucket)
+    for variable in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(variable)  # only this moto_server's endpoint
     for variable, value in {
         **AWS_TEST_ENV,
         "AWS_ENDPOINT": moto,

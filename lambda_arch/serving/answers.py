@@ -145,7 +145,7 @@ def check_filters(
         check_country(country)
         if "country" not in view.filters:
             raise ServingError(
-                f"country: view {view.name!r} has no country dimension to filter by"
+                f"country: view {view.name!r} does not filter by country"
                 + (f" (filters: {', '.join(view.filters)})" if view.filters else "")
             )
         filters["country"] = country

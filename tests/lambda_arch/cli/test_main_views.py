@@ -117,7 +117,7 @@ def test_views_lists_the_declarations(views_home: Path, capsys: pytest.CaptureFi
         (["view", "title_by_device", "--where", "device=fridge"], ["device='fridge'"]),
         (["view", "title_by_device", "--where", "device"], ["not DIM=VALUE"]),
         (["view", "title_by_device", "--where", "country=usa"], ["country='usa'"]),
-        (["view", "source_by_device", "--country", "US"], ["no country dimension"]),
+        (["view", "source_by_device", "--country", "US"], ["does not filter by country"]),
         (["view", "device_mix", "--window", "44641"], ["window"]),
         (["view", "device_mix", "--limit", "0"], ["--limit"]),
         (["view", "device_mix", "--as-of", "noon"], ["--as-of"]),

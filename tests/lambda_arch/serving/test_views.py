@@ -163,7 +163,11 @@ def test_views_lists_every_declaration(lake_store: tuple[Settings, ServingStore]
         ("title_by_device", {"where": [("title_id", "3")]}, "where: title_id is the dimension"),
         ("title_by_device", {"where": [("device", "fridge")]}, "where: device='fridge' is not"),
         ("title_by_device", {"where": [("device", "tv"), ("device", "web")]}, "filtered twice"),
-        ("source_by_device", {"country": "US"}, "country: view 'source_by_device' has no"),
+        (
+            "source_by_device",
+            {"country": "US"},
+            "country: view 'source_by_device' does not filter by country",
+        ),
         ("device_mix", {"country": "us"}, "country: "),
         ("device_mix", {"window": 0}, "window: "),
         ("device_mix", {"limit": 1001}, "limit: "),

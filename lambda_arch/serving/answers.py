@@ -21,7 +21,7 @@ from typing import Any
 from lambda_arch.ingest.schema import COUNTRIES, DEVICES, DISCOVERY_SOURCES, EVENT_TYPES
 from lambda_arch.serving.ranking import Window, ranked_rows
 from lambda_arch.serving.store import (
-    ALL_COUNTRIES,
+    ALL,
     MICROS,
     ServingError,
     ServingStore,
@@ -32,7 +32,7 @@ from lambda_arch.serving.store import (
     hour_floor,
     iso,
     parse_iso,
-    rolls_up_countries,
+    rolled_filters,
 )
 from lambda_arch.views.declarations import DIMENSION_TYPES, DISCOVERY, TRENDING, CountView
 from lambda_arch.views.spec import SESSIONS, ViewSpec
@@ -277,10 +277,10 @@ def _ranked(
     params: tuple[Any, ...] = ()
     for read in reads:
         conditions = dict(filters)
-        # A roll-up with a country filter holds all countries' sum as rows of its own (`*`);
-        # a minute table has none.
-        if read.column == "hour" and "country" not in filters and rolls_up_countries(spec):
-            conditions["country"] = ALL_COUNTRIES
+        # A roll-up holds the sum over all values of any filter not given as rows of its own
+        # (`*`, store.rolled_filters): one row per hour and key; a minute table has none.
+        if read.column == "hour":
+            conditions = {d: filters.get(d, ALL) for d in rolled_filters(spec)}
         selects.append(
             f"SELECT {key}, plays FROM {read.table} "
             f"WHERE {read.column} >= ? AND {read.column} < ?"

@@ -14,10 +14,11 @@ minute, its dimensions and plays, so trending's are (minute, country, title_id, 
 - `<view>_speed`: the speed layer's rows at or after the batch watermark (older ones are pruned
   once the batch covers them);
 - `<view>_batch_hourly`, `<view>_speed_hourly` (every count view): the same plays summed per
-  hour and dimension values, and, when country is one of the view's filters, over all countries
-  (country `*`). A window reads its whole hours there
-  and only the minutes at its edges from the minute tables: a day's window over all countries
-  reads ~7k rows instead of ~21k in benchmarks/serving.py's store. Every write to a minute
+  hour and dimension values, and over all values (`*`) of every combination of the view's filter
+  dimensions (trending: per country and over all countries, country `*`; `rolled_filters`). A
+  window reads its whole hours there and only the minutes at its edges from the minute
+  tables: a day's window over all countries reads ~7k rows instead of ~21k in
+  benchmarks/serving.py's store. Every write to a minute
   table updates the roll-up in the same transaction (a batch day or a pruning recomputes the
   hours it touched from the minute rows, speed deltas add to theirs), so both always agree;
 - `batch_days`, `views`: which batch day version and which speed micro-batch each view holds,
@@ -28,6 +29,7 @@ minute, its dimensions and plays, so trending's are (minute, country, title_id, 
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from collections import Counter
@@ -51,6 +53,7 @@ MICROS = 1_000_000  # session times are stored as epoch microseconds
 SCHEMA_VERSION = 2
 HOUR_S = 3600
 ALL_COUNTRIES = "*"  # the roll-ups' country of the sum over all countries (no ISO code)
+ALL = ALL_COUNTRIES  # likewise for any filter dimension: the sum over all its values
 # Bounds that hold every stored time (seconds or microseconds): "all rows" as a range.
 _EVERYTHING = (-(2**62), 2**62)
 # The hour of a minute (epoch seconds) in SQL, rounded down as Python's // does, also for
@@ -81,18 +84,34 @@ def dimensions_of(spec: ViewSpec) -> tuple[str, ...]:
     return spec.columns[1:-1]
 
 
-def rolls_up_countries(spec: ViewSpec) -> bool:
-    """Whether the view's hourly roll-up also holds the sum over all countries (country `*`):
-    when country is one of its filter dimensions (not the ranked one)."""
-    return "country" in dimensions_of(spec)[:-1]
+def rolled_filters(spec: ViewSpec) -> tuple[str, ...]:
+    """The dimensions a view filters by (all but the ranked, last one). Its hourly roll-up holds
+    the sums for every combination of them either given or summed over (`*`): trending's, per
+    country and over all countries (country `*`); a view filtered by country and device, also
+    per device over all countries and per country over all devices. So any answer reads one
+    row per hour and key from the roll-up, whichever filters it has."""
+    return dimensions_of(spec)[:-1]
+
+
+def _star_sets(spec: ViewSpec) -> list[tuple[int, ...]]:
+    """The non-empty sets of filter positions (in the dimensions) a roll-up sums over."""
+    positions = range(len(rolled_filters(spec)))
+    return [
+        chosen
+        for size in range(1, len(positions) + 1)
+        for chosen in itertools.combinations(positions, size)
+    ]
 
 
 def _count_tables(spec: ViewSpec) -> str:
     """DDL of a count view's tables: per layer (batch with its dt, speed) the minutes and their
-    hourly roll-up (`<table>_hourly`); with a country filter, each has a covering (country, time,
-    other dimensions, plays) index. For trending and discovery this is the layout stores have
-    always had: (minute, country, key, plays)."""
-    dims = dimensions_of(spec)
+    hourly roll-up (`<table>_hourly`). A roll-up's covering index leads with every filter
+    dimension, then the hour: an answer gives each filter a value or `*`, so it reads exactly
+    its rows as one range. A minute table with a country filter has a covering (country, minute,
+    other dimensions, plays) index for one country's window edges. For trending and discovery
+    this is the layout stores have always had: (minute, country, key, plays), indexed by
+    (country, minute or hour, key, plays)."""
+    dims, filters = dimensions_of(spec), rolled_filters(spec)
     columns = ", ".join(f"{d} {_SQL_TYPES[DIMENSION_TYPES[d]]} NOT NULL" for d in dims)
     statements = []
     for layer in ("batch", "speed"):
@@ -106,11 +125,12 @@ def _count_tables(spec: ViewSpec) -> str:
             )
             if dated:
                 statements.append(f"CREATE INDEX IF NOT EXISTS {table}_dt ON {table} (dt);")
-            if "country" in dims:
-                rest = ", ".join(d for d in dims if d != "country")
+            leading = filters if suffix else ("country",) if "country" in filters else ()
+            if leading:
+                rest = "".join(f"{d}, " for d in dims if d not in leading)
                 statements.append(
-                    f"CREATE INDEX IF NOT EXISTS {table}_country "
-                    f"ON {table} (country, {time_column}, {rest + ', ' if rest else ''}plays);"
+                    f"CREATE INDEX IF NOT EXISTS {table}_{'_'.join(leading)} ON {table} "
+                    f"({', '.join(leading)}, {time_column}, {rest}plays);"
                 )
     return "\n".join(statements)
 
@@ -377,27 +397,28 @@ def _roll_up(
     connection: sqlite3.Connection, spec: ViewSpec, table: str, first: int, to: int
 ) -> None:
     """Recompute the hourly roll-up of a count view's minute table for every hour that
-    [first, to) touches, from the minute rows: per dimension values, then (with a country
-    filter) over all countries. Every change to a minute table calls it (or `_add_to_roll_up`)
-    in the same transaction, so the two never disagree."""
+    [first, to) touches, from the minute rows: per dimension values, then summed over each
+    combination of filter dimensions (`*`, `rolled_filters`). Every change to a minute table
+    calls it (or `_add_to_roll_up`) in the same transaction, so the two never disagree."""
     if table not in spec.rolled_up or first >= to:
         return
     hourly, dims = f"{table}_hourly", dimensions_of(spec)
-    columns = ", ".join(dims)
     hours = (hour_floor(first), hour_ceil(to))
     connection.execute(f"DELETE FROM {hourly} WHERE hour >= ? AND hour < ?", hours)
     connection.execute(
-        f"INSERT INTO {hourly} SELECT {_HOUR_OF_MINUTE}, {columns}, SUM(plays) "
+        f"INSERT INTO {hourly} SELECT {_HOUR_OF_MINUTE}, {', '.join(dims)}, SUM(plays) "
         f"FROM {table} WHERE minute >= ? AND minute < ? GROUP BY {_groups(len(dims) + 1)}",
         hours,
     )
-    if rolls_up_countries(spec):
-        picked = ", ".join("?" if d == "country" else d for d in dims)
-        others = "".join(f", {d}" for d in dims if d != "country")
+    # The sums over all values of some filters, from the rows that have every filter's value.
+    given = "".join(f" AND {d} != '{ALL}'" for d in rolled_filters(spec))
+    for stars in _star_sets(spec):
+        picked = ", ".join(f"'{ALL}'" if n in stars else d for n, d in enumerate(dims))
+        kept = "".join(f", {d}" for n, d in enumerate(dims) if n not in stars)
         connection.execute(
             f"INSERT INTO {hourly} SELECT hour, {picked}, SUM(plays) FROM {hourly} "
-            f"WHERE hour >= ? AND hour < ? GROUP BY hour{others}",
-            (ALL_COUNTRIES, *hours),
+            f"WHERE hour >= ? AND hour < ?{given} GROUP BY hour{kept}",
+            hours,
         )
 
 
@@ -410,17 +431,18 @@ def _add_to_roll_up(
     connection: sqlite3.Connection, spec: ViewSpec, table: str, rows: Iterable[tuple[Any, ...]]
 ) -> None:
     """Add count deltas (minute, *dimensions, plays) to the hourly roll-up of `table`, per
-    dimension values and (with a country filter) over all countries. The speed layer's deltas
-    take this way rather than `_roll_up`: its cost follows the delta rows, not the rows of the
-    hours they fall in (a continuous refresh adds a few rows to a dense hour every few seconds)."""
+    dimension values and summed over each combination of filter dimensions. The speed layer's
+    deltas take this way rather than `_roll_up`: its cost follows the delta rows, not the rows
+    of the hours they fall in (a continuous refresh adds a few rows to a dense hour every few
+    seconds)."""
     dims = dimensions_of(spec)
-    country = dims.index("country") + 1 if rolls_up_countries(spec) else None
+    star_sets = _star_sets(spec)
     sums: Counter[tuple[Any, ...]] = Counter()
     for minute, *values, plays in rows:
-        bucket = (hour_floor(minute), *values)
-        sums[bucket] += plays
-        if country is not None:
-            sums[(*bucket[:country], ALL_COUNTRIES, *bucket[country + 1 :])] += plays
+        sums[(hour_floor(minute), *values)] += plays
+        for stars in star_sets:
+            starred = [ALL if n in stars else value for n, value in enumerate(values)]
+            sums[(hour_floor(minute), *starred)] += plays
     placeholders = ", ".join("?" * (len(dims) + 2))
     connection.executemany(
         f"INSERT INTO {table}_hourly VALUES ({placeholders}) "

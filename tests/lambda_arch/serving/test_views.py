@@ -273,3 +273,40 @@ def test_a_store_of_before_opens_with_the_new_views_added(tmp_path: Path) -> Non
         "sessions",
     }
     assert DEVICE_MIX.name in store.views
+
+
+@pytest.mark.parametrize(
+    ("name", "country", "where"),
+    [
+        ("title_by_device", None, []),
+        ("title_by_device", "US", []),
+        ("title_by_device", None, [("device", "tv")]),
+        ("title_by_device", "BR", [("device", "web")]),
+        ("device_mix", None, []),
+        ("source_by_device", None, [("device", "tv")]),
+    ],
+)
+def test_a_window_reads_one_rollup_range_per_hour_and_key(
+    lake_store: tuple[Settings, ServingStore], name: str, country: str | None, where: list
+) -> None:
+    """Whatever its filters, an answer reads the roll-up's whole hours as one range of the index
+    that leads with every filter dimension (each given a value or `*`): a day's window reads
+    about 24 rows per key there, not every dimension value's."""
+    _, store = lake_store
+    statements: list[str] = []
+    connection = store._connection()
+    connection.set_trace_callback(statements.append)
+    try:
+        answers.view(store, name, country=country, where=where, window=1440, as_of=utc(12, 30))
+    finally:
+        connection.set_trace_callback(None)
+    query = next(s for s in statements if "_hourly" in s)
+    plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {query}")]
+    view = store.count_view(name)
+    hourly = [step for step in plan if "_hourly" in step]
+    assert hourly, plan
+    for step in hourly:
+        index = f"_hourly_{'_'.join(view.filters)} (" if view.filters else " USING PRIMARY KEY"
+        assert index in step, step
+        for dimension in view.filters:
+            assert f"{dimension}=?" in step, step

@@ -5,6 +5,7 @@ commit log and the query's state file), and the plain-Python truth its answers m
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections import Counter, defaultdict
@@ -212,13 +213,18 @@ class ViewOracle:
 
 
 def hourly_sums(view: CountView, rows: Iterable[tuple[Any, ...]]) -> dict[tuple[Any, ...], int]:
-    """A minute table's hourly roll-up in plain Python: per dimension values, and over all
-    countries (`*`) when country is a filter dimension."""
+    """A minute table's hourly roll-up in plain Python: per dimension values, and summed over
+    all values (`*`) of each non-empty set of filter dimensions."""
+    filters = range(len(view.filters))
+    star_sets = [
+        set(chosen)
+        for size in range(1, len(filters) + 1)
+        for chosen in itertools.combinations(filters, size)
+    ]
     sums: dict[tuple[Any, ...], int] = defaultdict(int)
     for minute, *values, plays in rows:
         hour = minute // 3600 * 3600
         sums[(hour, *values)] += plays
-        if "country" in view.filters:
-            at = view.dimensions.index("country")
-            sums[(hour, *values[:at], "*", *values[at + 1 :])] += plays
+        for stars in star_sets:
+            sums[(hour, *("*" if n in stars else v for n, v in enumerate(values)))] += plays
     return dict(sums)

@@ -84,8 +84,9 @@ def create_app(store: ServingStore) -> FastAPI:
     app = FastAPI(
         title="lambda-arch serving API",
         description=(
-            "Trending titles, discovery sources and viewing sessions from the lambda-arch "
-            "serving layer: batch results before the batch watermark, speed results after it."
+            "Trending titles, discovery sources, any declared count view and viewing sessions "
+            "from the lambda-arch serving layer: batch results before the batch watermark, "
+            "speed results after it."
         ),
         version="1",
     )

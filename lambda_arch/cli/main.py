@@ -395,9 +395,17 @@ def _view_options(function: Any) -> Any:
 
 
 def _store(current: Settings) -> Any:
+    """The home's serving store over every declared view; a bad LAMBDA_ARCH_VIEWS_FILE is one
+    line naming the view and the field."""
     from lambda_arch.serving.store import ServingStore
+    from lambda_arch.views.declarations import ViewDeclarationError
 
-    return ServingStore.from_settings(current)
+    try:
+        return ServingStore.from_settings(current)
+    except ViewDeclarationError as error:
+        fail(
+            f"LAMBDA_ARCH_VIEWS_FILE: {_one_line(str(error)).removeprefix('LAMBDA_ARCH_VIEWS_FILE: ')}"
+        )
 
 
 def _answer(document: dict[str, Any], as_json: bool, table: Any) -> None:
@@ -483,6 +491,85 @@ def discovery(country: str | None, window: int, as_of: datetime | None, as_json:
         as_json,
         lambda d: "\n".join([*_header_lines(d), *_table(d["sources"], columns, "no plays")]),
     )
+
+
+@cli.command()
+@click.argument("name")
+@_view_options
+@click.option("--limit", type=click.IntRange(min=1, max=1000), default=10, show_default=True)
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    metavar="DIM=VALUE",
+    help="Only plays whose DIM (a dimension of the view other than the ranked one) is VALUE; "
+    "repeatable.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def view(
+    name: str,
+    country: str | None,
+    window: int,
+    as_of: datetime | None,
+    limit: int,
+    where: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """A declared count view (see `lambda-arch views`) in [as-of - window, as-of)."""
+    from lambda_arch.serving import answers
+
+    store = _store(settings())
+    document = _serving_call(
+        lambda: answers.view(
+            store,
+            name,
+            country=country,
+            as_of=as_of,
+            window=window,
+            limit=limit,
+            where=[answers.parse_where(text) for text in where],
+        )
+    )
+
+    def table(d: dict[str, Any]) -> str:
+        declared = store.count_view(d["view"])
+        columns = ["rank", declared.ranked, "plays"] + (
+            ["share"] if declared.form == "shares" else []
+        )
+        return "\n".join(
+            [
+                f"{d['view']}" + (f" where {', '.join(where)}" if where else ""),
+                *_header_lines(d),
+                *_table(d["rows"], columns, "no plays"),
+            ]
+        )
+
+    _answer(document, as_json, table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def views(as_json: bool) -> None:
+    """The declared count views: dimensions, ranked dimension, form, description."""
+    from lambda_arch.serving import answers
+
+    document = answers.views(_store(settings()))
+
+    def table(d: dict[str, Any]) -> str:
+        rows = [
+            {**v, "dimensions": ",".join(v["dimensions"]), "events": ",".join(v["events"])}
+            for v in d["views"]
+        ]
+        columns = ["name", "form", "ranked", "dimensions", "events", "description"]
+        cells = [[str(row[c]) for c in columns] for row in rows]
+        widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+        lines += [
+            "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells
+        ]
+        return "\n".join(lines)
+
+    _answer(document, as_json, table)
 
 
 @cli.command()

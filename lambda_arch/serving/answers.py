@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lambda_arch.ingest.schema import COUNTRIES
-from lambda_arch.serving.ranking import Window, ranked_titles, shares
+from lambda_arch.ingest.schema import COUNTRIES, DEVICES, DISCOVERY_SOURCES, EVENT_TYPES
+from lambda_arch.serving.ranking import Window, ranked_rows
 from lambda_arch.serving.store import (
-    ALL_COUNTRIES,
+    ALL,
     MICROS,
     ServingError,
     ServingStore,
@@ -31,8 +32,10 @@ from lambda_arch.serving.store import (
     hour_floor,
     iso,
     parse_iso,
+    rolled_filters,
 )
-from lambda_arch.views.spec import DISCOVERY, SESSIONS, TRENDING, ViewSpec
+from lambda_arch.views.declarations import DIMENSION_TYPES, DISCOVERY, TRENDING, CountView
+from lambda_arch.views.spec import SESSIONS, ViewSpec
 
 DEFAULT_WINDOW_MIN = 60
 DEFAULT_LIMIT = 10
@@ -94,6 +97,73 @@ def check_id(value: int | None, name: str) -> int | None:
     if value is not None and not 0 <= value <= MAX_ID:
         raise ServingError(f"{name}: must be a whole number from 0 to {MAX_ID}")
     return value
+
+
+# The values a string dimension may take (CONTRACT section 2); bigint ones are ids (check_id).
+DIMENSION_VALUES: dict[str, frozenset[str]] = {
+    "country": frozenset(COUNTRIES),
+    "device": frozenset(DEVICES),
+    "discovery_source": frozenset(DISCOVERY_SOURCES),
+    "event_type": frozenset(EVENT_TYPES),
+}
+
+
+def parse_where(text: str) -> tuple[str, str]:
+    """A filter `DIM=VALUE` (or `DIM:VALUE`, handier in a URL) as (dimension, value text), split
+    at the first `=` or `:`; ServingError naming `where` otherwise."""
+    cut = min((i for i in (text.find("="), text.find(":")) if i >= 0), default=-1)
+    if cut <= 0:
+        raise ServingError(f"where: {_shown(text)} is not DIM=VALUE (or DIM:VALUE)")
+    return text[:cut], text[cut + 1 :]
+
+
+def _dimension_value(view: CountView, dimension: str, text: str) -> Any:
+    """A filter value as the store holds it: an id (int) or one of the field's values."""
+    if DIMENSION_TYPES[dimension] == "bigint":
+        if not (text.isascii() and text.isdigit()) or int(text) > MAX_ID:
+            raise ServingError(
+                f"where: {dimension} must be a whole number from 0 to {MAX_ID}, got {_shown(text)}"
+            )
+        return int(text)
+    allowed = DIMENSION_VALUES.get(dimension)
+    if allowed is not None and text not in allowed:
+        shown = ", ".join(sorted(allowed)) if len(allowed) < 20 else "see CONTRACT section 2"
+        raise ServingError(
+            f"where: {dimension}={_shown(text)} is not a value of {dimension} ({shown})"
+        )
+    return text
+
+
+def check_filters(
+    view: CountView, country: str | None, where: Sequence[tuple[str, str]] = ()
+) -> dict[str, Any]:
+    """The filters of a count view's answer ({dimension: value}): `country` and the `where`
+    pairs (dimension, value text), each on one of the view's filter dimensions (any but the
+    ranked one), each once, with a value that dimension can take; else ServingError."""
+    filters: dict[str, Any] = {}
+    if country is not None:
+        check_country(country)
+        if "country" not in view.filters:
+            raise ServingError(
+                f"country: view {view.name!r} does not filter by country"
+                + (f" (filters: {', '.join(view.filters)})" if view.filters else "")
+            )
+        filters["country"] = country
+    for dimension, text in where:
+        if dimension == view.ranked:
+            raise ServingError(
+                f"where: {dimension} is the dimension view {view.name!r} ranks, not a filter"
+                + (f" (filters: {', '.join(view.filters)})" if view.filters else "")
+            )
+        if dimension not in view.filters:
+            raise ServingError(
+                f"where: {_shown(dimension)} is not a dimension of view {view.name!r} "
+                f"(filters: {', '.join(view.filters) or 'none'})"
+            )
+        if dimension in filters:
+            raise ServingError(f"where: {dimension} is filtered twice")
+        filters[dimension] = _dimension_value(view, dimension, text)
+    return filters
 
 
 def parse_time_parameter(text: str, name: str = "as_of") -> datetime:
@@ -180,7 +250,7 @@ def _as_of(state: ViewState, as_of: datetime | None) -> datetime:
 
 
 def _header(state: ViewState, country: str | None, end: datetime, minutes: int) -> dict[str, Any]:
-    """The fields trending and discovery answers start with (CONTRACT section 6)."""
+    """The fields every count view's answer starts with (CONTRACT sections 6 and 9)."""
     return {
         "country": country,
         "as_of": iso(end),
@@ -194,25 +264,29 @@ def _ranked(
     connection: sqlite3.Connection,
     spec: ViewSpec,
     split: Split,
-    country: str | None,
+    filters: dict[str, Any],
     limit: int | None,
 ) -> list[tuple[Any, int]]:
     """(key, plays) of the window in rank order: the batch part and the speed part of the
-    split, each read as whole hours from its roll-up and minutes at the edges."""
+    split, each read as whole hours from its roll-up and minutes at the edges, with the rows
+    that match every filter ({dimension: value})."""
     key = spec.key
     reads = reads_of(spec.batch_store, split.batch_from, split.batch_to)
     reads += reads_of(spec.speed_store, split.speed_from, split.speed_to)
     selects: list[str] = []
     params: tuple[Any, ...] = ()
     for read in reads:
-        # A roll-up holds all countries' sum as rows of its own; a minute table has none.
-        region = country or (ALL_COUNTRIES if read.column == "hour" else None)
+        conditions = dict(filters)
+        # A roll-up holds the sum over all values of any filter not given as rows of its own
+        # (`*`, store.rolled_filters): one row per hour and key; a minute table has none.
+        if read.column == "hour":
+            conditions = {d: filters.get(d, ALL) for d in rolled_filters(spec)}
         selects.append(
             f"SELECT {key}, plays FROM {read.table} "
             f"WHERE {read.column} >= ? AND {read.column} < ?"
-            + (" AND country = ?" if region else "")
+            + "".join(f" AND {dimension} = ?" for dimension in conditions)
         )
-        params += (read.first, read.to) + ((region,) if region else ())
+        params += (read.first, read.to, *conditions.values())
     sql = (
         f"SELECT {key}, SUM(plays) AS total FROM ({' UNION ALL '.join(selects)}) "
         f"GROUP BY {key} HAVING total > 0 ORDER BY total DESC, {key} ASC"
@@ -223,6 +297,59 @@ def _ranked(
     return connection.execute(sql, params).fetchall()
 
 
+def _count_answer(
+    store: ServingStore,
+    view: CountView,
+    *,
+    country: str | None,
+    as_of: datetime | None,
+    window: int,
+    limit: int | None,
+    where: Sequence[tuple[str, str]],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(header, rows) of a count view's answer: CONTRACT section 9, the merge of section 3."""
+    check_country(country), check_window(window)
+    if limit is not None:
+        check_limit(limit)
+    check_time(as_of)
+    filters = check_filters(view, country, where)
+    spec = store.spec(view.name)
+    with store.snapshot() as connection:
+        state = store.view_state(view.name, connection)
+        span = Window.ending_at(_as_of(state, as_of), window)
+        split = split_window(span.start, span.end, state.batch_watermark)
+        # Shares are of all the window's plays: every key is read, the rows cut afterwards.
+        pairs = _ranked(connection, spec, split, filters, limit if view.form == "top" else None)
+    header = _header(state, filters.get("country"), span.end, window)
+    return header, ranked_rows(view.ranked, view.form, pairs, limit)
+
+
+def view(
+    store: ServingStore,
+    name: str,
+    *,
+    country: str | None = None,
+    as_of: datetime | None = None,
+    window: int = DEFAULT_WINDOW_MIN,
+    limit: int = DEFAULT_LIMIT,
+    where: Sequence[tuple[str, str]] = (),
+) -> dict[str, Any]:
+    """CONTRACT section 9: the answer of the declared count view `name` for (country, as-of,
+    window, limit, where filters as (dimension, value text) pairs). UnknownView (a
+    ServingError) for a name no declaration gives."""
+    declared = store.count_view(name)
+    header, rows = _count_answer(
+        store, declared, country=country, as_of=as_of, window=window, limit=limit, where=where
+    )
+    return {"view": declared.name, **header, "rows": rows}
+
+
+def views(store: ServingStore) -> dict[str, Any]:
+    """CONTRACT section 9: the declared count views with their dimensions, ranked dimension,
+    form and description."""
+    return {"views": [declared.to_json() for declared in store.views.values()]}
+
+
 def trending(
     store: ServingStore,
     *,
@@ -231,14 +358,12 @@ def trending(
     window: int = DEFAULT_WINDOW_MIN,
     limit: int = DEFAULT_LIMIT,
 ) -> dict[str, Any]:
-    """CONTRACT section 6 trending JSON for (country, as-of, window, limit)."""
-    check_country(country), check_window(window), check_limit(limit), check_time(as_of)
-    with store.snapshot() as connection:
-        state = store.view_state(TRENDING.name, connection)
-        span = Window.ending_at(_as_of(state, as_of), window)
-        split = split_window(span.start, span.end, state.batch_watermark)
-        rows = _ranked(connection, TRENDING, split, country, limit)
-    return {**_header(state, country, span.end, window), "titles": ranked_titles(rows)}
+    """CONTRACT section 6 trending JSON for (country, as-of, window, limit): the `trending`
+    view's answer, its rows as `titles`."""
+    header, rows = _count_answer(
+        store, TRENDING, country=country, as_of=as_of, window=window, limit=limit, where=()
+    )
+    return {**header, "titles": rows}
 
 
 def discovery(
@@ -248,14 +373,12 @@ def discovery(
     as_of: datetime | None = None,
     window: int = DEFAULT_WINDOW_MIN,
 ) -> dict[str, Any]:
-    """CONTRACT section 6 discovery JSON: plays and share (4 decimals) per source."""
-    check_country(country), check_window(window), check_time(as_of)
-    with store.snapshot() as connection:
-        state = store.view_state(DISCOVERY.name, connection)
-        span = Window.ending_at(_as_of(state, as_of), window)
-        split = split_window(span.start, span.end, state.batch_watermark)
-        rows = _ranked(connection, DISCOVERY, split, country, None)
-    return {**_header(state, country, span.end, window), "sources": shares(rows)}
+    """CONTRACT section 6 discovery JSON: plays and share (4 decimals) per source, the
+    `discovery` view's rows (every source, without rank) as `sources`."""
+    header, rows = _count_answer(
+        store, DISCOVERY, country=country, as_of=as_of, window=window, limit=None, where=()
+    )
+    return {**header, "sources": [{k: v for k, v in row.items() if k != "rank"} for row in rows]}
 
 
 def sessions(

@@ -1,8 +1,10 @@
 """The HTTP API of the serving layer (CONTRACT section 7): `lambda-arch serve`.
 
 Bodies are exactly the CLI's JSON (both call `lambda_arch.serving.answers`); a parameter
-outside its domain gets 400 with `{"error": "<parameter>: ..."}`, a store that cannot be read
-503; never a 500. The work one request may cause has a ceiling (answers.py: a window of at
+outside its domain gets 400 with `{"error": "<parameter>: ..."}`, a view name no declaration
+gives 404 with `{"error": "view: ..."}`, a store that cannot be read 503; never a 500. Declared
+views (CONTRACT section 9): `GET /views` lists them, `GET /views/{name}` answers one, its filters
+as repeated `where=DIM:VALUE` (or `where=DIM=VALUE`, `=` URL-encoded as %3D). The work one request may cause has a ceiling (answers.py: a window of at
 most 31 days, at most 1,000 rows, times in [1970-01-01, 9999-12-31)). FastAPI serves the
 OpenAPI description at `/openapi.json` and pages at `/docs` and `/redoc`.
 """
@@ -15,12 +17,13 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from lambda_arch.serving import answers
-from lambda_arch.serving.store import ServingError, ServingStore, iso
-from lambda_arch.views.spec import VIEWS
+from lambda_arch.serving.store import ServingError, ServingStore, UnknownView, iso
 
 BAD_REQUEST = 400
+NOT_FOUND = 404
 UNAVAILABLE = 503
 _TIME_RANGE = f"[{iso(answers.MIN_TIME)}, {iso(answers.MAX_TIME)})"
 
@@ -47,6 +50,17 @@ AsOf = Annotated[
     ),
 ]
 Id = Annotated[int, Query(ge=0, le=answers.MAX_ID)]
+Limit = Annotated[int, Query(ge=1, le=answers.MAX_LIMIT, description="Top K rows, 1 to 1000")]
+Where = Annotated[
+    list[str] | None,
+    Query(
+        description=(
+            "A filter DIM:VALUE (or DIM=VALUE): only plays whose dimension DIM, one of the "
+            "view's dimensions other than the ranked one, is VALUE; repeat for several, e.g. "
+            "`?where=device:tv&where=country:US`. `country` may also be given as `country`."
+        )
+    ),
+]
 
 
 def _clipped(value: object, width: int = 60) -> str:
@@ -70,8 +84,9 @@ def create_app(store: ServingStore) -> FastAPI:
     app = FastAPI(
         title="lambda-arch serving API",
         description=(
-            "Trending titles, discovery sources and viewing sessions from the lambda-arch "
-            "serving layer: batch results before the batch watermark, speed results after it."
+            "Trending titles, discovery sources, any declared count view and viewing sessions "
+            "from the lambda-arch serving layer: batch results before the batch watermark, "
+            "speed results after it."
         ),
         version="1",
     )
@@ -83,6 +98,15 @@ def create_app(store: ServingStore) -> FastAPI:
     @app.exception_handler(ServingError)
     async def _bad_value(_: Request, error: ServingError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=BAD_REQUEST)
+
+    @app.exception_handler(HTTPException)
+    async def _no_route(_: Request, error: HTTPException) -> JSONResponse:
+        # No such path (a view name with a slash in it, say), or method: {"error"} as well.
+        return JSONResponse({"error": f"path: {error.detail}"}, status_code=error.status_code)
+
+    @app.exception_handler(UnknownView)
+    async def _unknown_view(_: Request, error: UnknownView) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=NOT_FOUND)
 
     @app.exception_handler(sqlite3.Error)
     async def _store_unavailable(_: Request, error: sqlite3.Error) -> JSONResponse:
@@ -120,6 +144,45 @@ def create_app(store: ServingStore) -> FastAPI:
     ) -> dict[str, Any]:
         return answers.discovery(
             store, country=country, window=window, as_of=time_parameter(as_of, "as_of")
+        )
+
+    @app.get(
+        "/views",
+        summary="The declared count views",
+        description="Each view's name, dimensions, ranked dimension, counted events, answer form "
+        "(`top` or `shares`) and description (CONTRACT section 9).",
+    )
+    def list_views() -> dict[str, Any]:
+        return answers.views(store)
+
+    @app.get(
+        "/views/{name}",
+        summary="A declared count view's rows in [T-W, T)",
+        description=(
+            "The `rows` of the view's ranked dimension: `top` views by plays, ties by key "
+            "ascending; `shares` views with each key's share of all the window's plays (4 "
+            "decimals), most plays first, ties by name. Filters: `country` and repeated "
+            '`where=DIM:VALUE`. An unknown view name gets 404 with `{"error": "view: ..."}`.'
+        ),
+        responses={NOT_FOUND: {"description": "No declared view has this name"}},
+    )
+    def one_view(
+        name: str,
+        country: Country = None,
+        window: Window = answers.DEFAULT_WINDOW_MIN,
+        as_of: AsOf = None,
+        limit: Limit = answers.DEFAULT_LIMIT,
+        where: Where = None,
+    ) -> dict[str, Any]:
+        store.count_view(name)  # an unknown view: 404, before the answer's own checks
+        return answers.view(
+            store,
+            name,
+            country=country,
+            window=window,
+            as_of=time_parameter(as_of, "as_of"),
+            limit=limit,
+            where=[answers.parse_where(text) for text in where or ()],
         )
 
     @app.get(
@@ -164,7 +227,7 @@ def create_app(store: ServingStore) -> FastAPI:
                 "speed_watermark": iso(state.speed_watermark),
                 "refreshed_at": state.refreshed_at,
             }
-            for name in VIEWS
+            for name in store.specs
             for state in [store.view_state(name)]
         }
         return {"status": "ok", "views": views}

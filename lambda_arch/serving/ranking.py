@@ -1,8 +1,9 @@
 """Ranking per-minute play counts into the contract's answers (CONTRACT section 3), and markdown.
 
 `top_titles` ranks a counts DataFrame with `minute`, `title_id` and `plays` (a speed view, for the
-speed asset's metadata); `ranked_titles` and `shares` shape the rows the serving answers
-(`lambda_arch.serving.answers`) have summed into the contract's `titles` and `sources` entries.
+speed asset's metadata); `ranked_rows` shapes the (key, plays) pairs the serving answers
+(`lambda_arch.serving.answers`) have summed into a count view's `rows` (trending's `titles` and
+discovery's `sources` are those rows); `ranked_titles` and `shares` are the older shapes.
 """
 
 from __future__ import annotations
@@ -75,6 +76,26 @@ def shares(plays_by_source: Sequence[tuple[str, Any]]) -> list[dict[str, Any]]:
     return [
         {"discovery_source": source, "plays": int(plays), "share": round(int(plays) / total, 4)}
         for source, plays in ordered
+    ]
+
+
+def ranked_rows(
+    ranked: str, form: str, plays_by_key: Sequence[tuple[Any, Any]], limit: int | None = None
+) -> list[dict[str, Any]]:
+    """(key, plays) pairs as a count view's `rows` (CONTRACT section 9): `top` ranks them by
+    plays, ties by key ascending; `shares` adds each key's share of all the pairs' plays (4
+    decimals), most plays first, ties by name. At most `limit` rows (shares of the whole)."""
+    if form == "shares":
+        total = sum(int(plays) for _, plays in plays_by_key)
+        ordered = sorted(plays_by_key, key=lambda item: (-int(item[1]), item[0]))[:limit]
+        return [
+            {"rank": rank, ranked: key, "plays": int(plays), "share": round(int(plays) / total, 4)}
+            for rank, (key, plays) in enumerate(ordered, start=1)
+        ]
+    ordered = sorted(plays_by_key, key=lambda item: (-int(item[1]), item[0]))[:limit]
+    return [
+        {"rank": rank, ranked: key, "plays": int(plays)}
+        for rank, (key, plays) in enumerate(ordered, start=1)
     ]
 
 

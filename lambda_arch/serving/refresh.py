@@ -38,6 +38,7 @@ from lambda_arch.common.times import parse_optional_time
 from lambda_arch.serving.store import (
     MICROS,
     ServingStore,
+    dimensions_of,
     drop_batch_day,
     epoch_micros,
     epoch_seconds,
@@ -53,7 +54,7 @@ from lambda_arch.serving.store import (
 )
 from lambda_arch.speed import layer as speed
 from lambda_arch.speed import retention
-from lambda_arch.views.spec import SESSIONS, VIEWS, ViewSpec
+from lambda_arch.views.spec import SESSIONS, ViewSpec
 
 
 @dataclass
@@ -191,8 +192,7 @@ def _store_rows(spec: ViewSpec, table: pa.Table) -> list[tuple[Any, ...]]:
     return list(
         zip(
             _epoch(table.column("minute"), "s"),
-            table.column("country").to_pylist(),
-            table.column(spec.key).to_pylist(),
+            *(table.column(dimension).to_pylist() for dimension in dimensions_of(spec)),
             table.column("plays").to_pylist(),
             strict=True,
         )
@@ -242,9 +242,15 @@ def refresh_view(
 ) -> RefreshReport:
     """Bring one view of the store up to date with the lake: changed batch days, new speed
     micro-batches, the batch watermark (pruning speed rows it covers) and the speed watermark.
+
+    Any view of the store: for a count view `V` (CONTRACT section 9) it reads the batch days of
+    `V_batch` (their states in `_batch_state/V_batch/<day>.json`, rows at the version a state
+    names), the speed micro-batches `batch_id=<N>` of the speed table `V_speed` up to the newest
+    id in the checkpoint `V_speed`'s commit log, and the speed state file `V_speed` (its
+    watermark and newest event time).
     """
     started = time.monotonic()
-    spec = VIEWS[view]
+    spec = store.spec(view)
     lake = lake or Lake.from_settings(settings)
     paths = speed.SpeedPaths.from_settings(settings)
     report = RefreshReport(view)
@@ -355,6 +361,14 @@ def refresh_view(
     return report
 
 
+def refresh_all(
+    settings: Settings, store: ServingStore, lake: Lake | None = None
+) -> list[RefreshReport]:
+    """Refresh every view of the store (every declared count view, then sessions)."""
+    lake = lake or Lake.from_settings(settings)
+    return [refresh_view(settings, store, view, lake) for view in store.specs]
+
+
 def pending_views(settings: Settings, store: ServingStore | None = None) -> dict[str, str]:
     """Views whose store lags the lake, with why: a batch day computed or recomputed since the
     store loaded it, or speed micro-batches committed since the last refresh. Cheap: listings
@@ -362,7 +376,7 @@ def pending_views(settings: Settings, store: ServingStore | None = None) -> dict
     store = store or ServingStore.from_settings(settings)
     lake = Lake.from_settings(settings)
     pending: dict[str, str] = {}
-    for name, spec in VIEWS.items():
+    for name, spec in store.specs.items():
         held = store.batch_days(name)
         computed = computed_batch_days(lake, spec.batch_table)
         changed = [day.isoformat() for day in changed_days(computed, held)]

@@ -7,15 +7,18 @@ store from the lake. This module owns the file, its layout and every write to it
 
 The file is `$LAMBDA_ARCH_HOME/serving/serving.sqlite3`, WAL mode: readers in any number of
 processes (CLI, HTTP API) see a consistent snapshot while a refresh writes, each answer is a few
-indexed range scans, and the file needs no server. It holds:
+indexed range scans, and the file needs no server. It holds, for every declared count view (CONTRACT section 9: its tables have the columns
+minute, its dimensions and plays, so trending's are (minute, country, title_id, plays)):
 - `<view>_batch`: every computed batch day of the view (all history: as-of queries for any past
   window read it, after the speed layer has been pruned);
 - `<view>_speed`: the speed layer's rows at or after the batch watermark (older ones are pruned
   once the batch covers them);
-- `<view>_batch_hourly`, `<view>_speed_hourly` (trending, discovery): the same plays summed per
-  hour, per country and over all countries (country `*`). A window reads its whole hours there
-  and only the minutes at its edges from the minute tables: a day's window over all countries
-  reads ~7k rows instead of ~21k in benchmarks/serving.py's store. Every write to a minute
+- `<view>_batch_hourly`, `<view>_speed_hourly` (every count view): the same plays summed per
+  hour and dimension values, and over all values (`*`) of every combination of the view's filter
+  dimensions (trending: per country and over all countries, country `*`; `rolled_filters`). A
+  window reads its whole hours there and only the minutes at its edges from the minute
+  tables: a day's window over all countries reads ~7k rows instead of ~21k in
+  benchmarks/serving.py's store. Every write to a minute
   table updates the roll-up in the same transaction (a batch day or a pruning recomputes the
   hours it touched from the minute rows, speed deltas add to theirs), so both always agree;
 - `batch_days`, `views`: which batch day version and which speed micro-batch each view holds,
@@ -26,6 +29,7 @@ indexed range scans, and the file needs no server. It holds:
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from collections import Counter
@@ -38,7 +42,8 @@ from typing import Any
 
 from lambda_arch.common.config import Settings
 from lambda_arch.common.times import EPOCH, format_optional_time, parse_time
-from lambda_arch.views.spec import SESSIONS, VIEWS, ViewSpec
+from lambda_arch.views.declarations import BUILT_IN, DIMENSION_TYPES, CountView, declared_views
+from lambda_arch.views.spec import SESSIONS, ViewSpec, spec_of
 
 STORE_FILE = "serving.sqlite3"
 MICROS = 1_000_000  # session times are stored as epoch microseconds
@@ -48,6 +53,7 @@ MICROS = 1_000_000  # session times are stored as epoch microseconds
 SCHEMA_VERSION = 2
 HOUR_S = 3600
 ALL_COUNTRIES = "*"  # the roll-ups' country of the sum over all countries (no ISO code)
+ALL = ALL_COUNTRIES  # likewise for any filter dimension: the sum over all its values
 # Bounds that hold every stored time (seconds or microseconds): "all rows" as a range.
 _EVERYTHING = (-(2**62), 2**62)
 # The hour of a minute (epoch seconds) in SQL, rounded down as Python's // does, also for
@@ -59,43 +65,85 @@ class ServingError(ValueError):
     """A query parameter the serving layer cannot answer for (bad country, window, time)."""
 
 
+class UnknownView(ServingError):
+    """A view name that no declaration gives (HTTP 404, CLI exit 2)."""
+
+
 _SESSION_COLUMNS = (
     "member_id INTEGER NOT NULL, title_id INTEGER NOT NULL, session_start INTEGER NOT NULL, "
     "session_end INTEGER NOT NULL, events INTEGER NOT NULL, watched_ms INTEGER NOT NULL"
 )
 
 
-def _count_tables(view: str, key: str, key_type: str) -> str:
+# SQLite types of the dimension columns (lambda_arch.views.declarations.DIMENSION_TYPES).
+_SQL_TYPES = {"string": "TEXT", "bigint": "INTEGER"}
+
+
+def dimensions_of(spec: ViewSpec) -> tuple[str, ...]:
+    """A count view's dimension columns: its lake columns between minute and plays."""
+    return spec.columns[1:-1]
+
+
+def rolled_filters(spec: ViewSpec) -> tuple[str, ...]:
+    """The dimensions a view filters by (all but the ranked, last one). Its hourly roll-up holds
+    the sums for every combination of them either given or summed over (`*`): trending's, per
+    country and over all countries (country `*`); a view filtered by country and device, also
+    per device over all countries and per country over all devices. So any answer reads one
+    row per hour and key from the roll-up, whichever filters it has."""
+    return dimensions_of(spec)[:-1]
+
+
+def _star_sets(spec: ViewSpec) -> list[tuple[int, ...]]:
+    """The non-empty sets of filter positions (in the dimensions) a roll-up sums over."""
+    positions = range(len(rolled_filters(spec)))
+    return [
+        chosen
+        for size in range(1, len(positions) + 1)
+        for chosen in itertools.combinations(positions, size)
+    ]
+
+
+def _count_tables(spec: ViewSpec) -> str:
     """DDL of a count view's tables: per layer (batch with its dt, speed) the minutes and their
-    hourly roll-up (`<table>_hourly`), each with a covering (country, time, key, plays) index."""
+    hourly roll-up (`<table>_hourly`). A roll-up's covering index leads with every filter
+    dimension, then the hour: an answer gives each filter a value or `*`, so it reads exactly
+    its rows as one range. A minute table with a country filter has a covering (country, minute,
+    other dimensions, plays) index for one country's window edges. For trending and discovery
+    this is the layout stores have always had: (minute, country, key, plays), indexed by
+    (country, minute or hour, key, plays)."""
+    dims, filters = dimensions_of(spec), rolled_filters(spec)
+    columns = ", ".join(f"{d} {_SQL_TYPES[DIMENSION_TYPES[d]]} NOT NULL" for d in dims)
     statements = []
     for layer in ("batch", "speed"):
         for time_column, suffix in (("minute", ""), ("hour", "_hourly")):
-            table = f"{view}_{layer}{suffix}"
+            table = f"{spec.name}_{layer}{suffix}"
             dated = layer == "batch" and not suffix
             statements.append(
                 f"CREATE TABLE IF NOT EXISTS {table} ({'dt TEXT NOT NULL, ' if dated else ''}"
-                f"{time_column} INTEGER NOT NULL, country TEXT NOT NULL, {key} {key_type} NOT NULL,"
-                f" plays INTEGER NOT NULL, PRIMARY KEY ({time_column}, country, {key})) WITHOUT ROWID;"
+                f"{time_column} INTEGER NOT NULL, {columns}, plays INTEGER NOT NULL, "
+                f"PRIMARY KEY ({time_column}, {', '.join(dims)})) WITHOUT ROWID;"
             )
             if dated:
                 statements.append(f"CREATE INDEX IF NOT EXISTS {table}_dt ON {table} (dt);")
-            statements.append(
-                f"CREATE INDEX IF NOT EXISTS {table}_country "
-                f"ON {table} (country, {time_column}, {key}, plays);"
-            )
+            leading = filters if suffix else ("country",) if "country" in filters else ()
+            if leading:
+                rest = "".join(f"{d}, " for d in dims if d not in leading)
+                statements.append(
+                    f"CREATE INDEX IF NOT EXISTS {table}_{'_'.join(leading)} ON {table} "
+                    f"({', '.join(leading)}, {time_column}, {rest}plays);"
+                )
     return "\n".join(statements)
 
 
 # Times are integers: minutes as epoch seconds, session times as epoch microseconds. A count
-# view's primary key serves all-countries windows (a range of minutes); its covering
-# (country, minute, key, plays) index serves one country's window as one range, instead of
-# reading every country's rows of the window and filtering (16x less CPU for a day's window).
-# The hourly roll-ups have the same shape with `hour`; their index serves one country and the
-# all-countries rows (country `*`) alike, their primary key the recomputation of a range of hours.
+# view's tables (`_count_tables`, one set per declared view, created when the store is opened):
+# its primary key serves all-countries windows (a range of minutes); its covering (country,
+# minute, key, plays) index serves one country's window as one range, instead of reading every
+# country's rows of the window and filtering (16x less CPU for a day's window). The hourly
+# roll-ups have the same shape with `hour`; their index serves one country and the all-countries
+# rows (country `*`) alike, their primary key the recomputation of a range of hours. The tables
+# below are the same for every store.
 _SCHEMA = f"""
-{_count_tables("trending", "title_id", "INTEGER")}
-{_count_tables("discovery", "discovery_source", "TEXT")}
 CREATE TABLE IF NOT EXISTS sessions_batch (dt TEXT NOT NULL, {_SESSION_COLUMNS});
 CREATE INDEX IF NOT EXISTS sessions_batch_member ON sessions_batch (member_id, session_start);
 CREATE INDEX IF NOT EXISTS sessions_batch_dt ON sessions_batch (dt);
@@ -179,7 +227,7 @@ def _write_transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Conne
     connection.execute("COMMIT")
 
 
-def _upgrade(connection: sqlite3.Connection) -> None:
+def _upgrade(connection: sqlite3.Connection, specs: Iterable[ViewSpec]) -> None:
     """Bring a store written by older code to SCHEMA_VERSION: fill the hourly roll-ups (created
     empty by _SCHEMA) from the minute tables, add the views' speed_max_event_time. A new store
     passes here once, with nothing to fill.
@@ -192,7 +240,7 @@ def _upgrade(connection: sqlite3.Connection) -> None:
         if version >= SCHEMA_VERSION:
             return
         if version < 1:
-            for spec in VIEWS.values():
+            for spec in specs:
                 for table in spec.rolled_up:
                     _roll_up(connection, spec, table, *_EVERYTHING)
         columns = {row[1] for row in connection.execute("PRAGMA table_info(views)")}
@@ -213,15 +261,41 @@ class ViewState:
 
 
 class ServingStore:
-    """The SQLite file of the serving layer; safe to share between threads and processes."""
+    """The SQLite file of the serving layer; safe to share between threads and processes.
 
-    def __init__(self, path: Path) -> None:
+    It serves the count views it is given (the built-in ones by default, every declared one
+    from settings) and sessions; opening a store written with fewer views adds the tables of the
+    others, empty until the next refresh fills them.
+    """
+
+    def __init__(self, path: Path, views: Sequence[CountView] = BUILT_IN) -> None:
         self.path = Path(path)
+        self.views: dict[str, CountView] = {view.name: view for view in views}
+        # Every view's spec, count views first (declaration order), sessions last.
+        self.specs: dict[str, ViewSpec] = {
+            **{view.name: spec_of(view) for view in views},
+            SESSIONS.name: SESSIONS,
+        }
         self._local = threading.local()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServingStore:
-        return cls(settings.home / "serving" / STORE_FILE)
+        """The store of LAMBDA_ARCH_HOME serving every declared view (ViewDeclarationError when
+        LAMBDA_ARCH_VIEWS_FILE is bad)."""
+        return cls(settings.home / "serving" / STORE_FILE, declared_views(settings.views_file))
+
+    def spec(self, view: str) -> ViewSpec:
+        """The spec of one of the store's views (KeyError: not one of them)."""
+        return self.specs[view]
+
+    def count_view(self, view: str) -> CountView:
+        """One of the store's count views by name; ServingError naming the known ones."""
+        found = self.views.get(view)
+        if found is None:
+            raise UnknownView(
+                f"view: {view[:60]!r} is not a declared view (one of {', '.join(self.views)})"
+            )
+        return found
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -234,8 +308,10 @@ class ServingStore:
             connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
-            connection.executescript(_SCHEMA)
-            _upgrade(connection)
+            connection.executescript(
+                _SCHEMA + "\n".join(_count_tables(spec) for spec in self.specs.values() if spec.key)
+            )
+            _upgrade(connection, self.specs.values())
             self._local.connection = connection
         return connection
 
@@ -288,7 +364,7 @@ class ServingStore:
         return dict(rows.fetchall())
 
     def row_counts(self, view: str) -> dict[str, int]:
-        spec = VIEWS[view]
+        spec = self.specs[view]
         connection = self._connection()
         return {
             table: connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
@@ -298,7 +374,7 @@ class ServingStore:
     def summary(self) -> dict[str, Any]:
         """Per view: watermarks, rows held by each layer, batch days, last refresh."""
         result: dict[str, Any] = {}
-        for name in VIEWS:
+        for name in self.specs:
             state = self.view_state(name)
             days = sorted(self.batch_days(name))
             result[name] = {
@@ -321,40 +397,55 @@ def _roll_up(
     connection: sqlite3.Connection, spec: ViewSpec, table: str, first: int, to: int
 ) -> None:
     """Recompute the hourly roll-up of a count view's minute table for every hour that
-    [first, to) touches, from the minute rows: per country, then over all countries. Every
-    change to a minute table calls it (or `_add_to_roll_up`) in the same transaction, so the
-    two never disagree."""
+    [first, to) touches, from the minute rows: per dimension values, then summed over each
+    combination of filter dimensions (`*`, `rolled_filters`). Every change to a minute table
+    calls it (or `_add_to_roll_up`) in the same transaction, so the two never disagree."""
     if table not in spec.rolled_up or first >= to:
         return
-    hourly, key = f"{table}_hourly", spec.key
+    hourly, dims = f"{table}_hourly", dimensions_of(spec)
     hours = (hour_floor(first), hour_ceil(to))
     connection.execute(f"DELETE FROM {hourly} WHERE hour >= ? AND hour < ?", hours)
     connection.execute(
-        f"INSERT INTO {hourly} SELECT {_HOUR_OF_MINUTE}, country, {key}, SUM(plays) "
-        f"FROM {table} WHERE minute >= ? AND minute < ? GROUP BY 1, 2, 3",
+        f"INSERT INTO {hourly} SELECT {_HOUR_OF_MINUTE}, {', '.join(dims)}, SUM(plays) "
+        f"FROM {table} WHERE minute >= ? AND minute < ? GROUP BY {_groups(len(dims) + 1)}",
         hours,
     )
-    connection.execute(
-        f"INSERT INTO {hourly} SELECT hour, ?, {key}, SUM(plays) FROM {hourly} "
-        f"WHERE hour >= ? AND hour < ? GROUP BY hour, {key}",
-        (ALL_COUNTRIES, *hours),
-    )
+    # The sums over all values of some filters, from the rows that have every filter's value.
+    given = "".join(f" AND {d} != '{ALL}'" for d in rolled_filters(spec))
+    for stars in _star_sets(spec):
+        picked = ", ".join(f"'{ALL}'" if n in stars else d for n, d in enumerate(dims))
+        kept = "".join(f", {d}" for n, d in enumerate(dims) if n not in stars)
+        connection.execute(
+            f"INSERT INTO {hourly} SELECT hour, {picked}, SUM(plays) FROM {hourly} "
+            f"WHERE hour >= ? AND hour < ?{given} GROUP BY hour{kept}",
+            hours,
+        )
+
+
+def _groups(count: int) -> str:
+    """`1, 2, ..., count`: GROUP BY the first `count` selected columns."""
+    return ", ".join(str(n) for n in range(1, count + 1))
 
 
 def _add_to_roll_up(
-    connection: sqlite3.Connection, table: str, rows: Iterable[tuple[Any, ...]]
+    connection: sqlite3.Connection, spec: ViewSpec, table: str, rows: Iterable[tuple[Any, ...]]
 ) -> None:
-    """Add count deltas (minute, country, key, plays) to the hourly roll-up of `table`, per
-    country and over all countries. The speed layer's deltas take this way rather than
-    `_roll_up`: its cost follows the delta rows, not the rows of the hours they fall in (a
-    continuous refresh adds a few rows to a dense hour every few seconds)."""
-    sums: Counter[tuple[int, str, Any]] = Counter()
-    for minute, country, key, plays in rows:
-        hour = hour_floor(minute)
-        sums[(hour, country, key)] += plays
-        sums[(hour, ALL_COUNTRIES, key)] += plays
+    """Add count deltas (minute, *dimensions, plays) to the hourly roll-up of `table`, per
+    dimension values and summed over each combination of filter dimensions. The speed layer's
+    deltas take this way rather than `_roll_up`: its cost follows the delta rows, not the rows
+    of the hours they fall in (a continuous refresh adds a few rows to a dense hour every few
+    seconds)."""
+    dims = dimensions_of(spec)
+    star_sets = _star_sets(spec)
+    sums: Counter[tuple[Any, ...]] = Counter()
+    for minute, *values, plays in rows:
+        sums[(hour_floor(minute), *values)] += plays
+        for stars in star_sets:
+            starred = [ALL if n in stars else value for n, value in enumerate(values)]
+            sums[(hour_floor(minute), *starred)] += plays
+    placeholders = ", ".join("?" * (len(dims) + 2))
     connection.executemany(
-        f"INSERT INTO {table}_hourly VALUES (?, ?, ?, ?) "
+        f"INSERT INTO {table}_hourly VALUES ({placeholders}) "
         f"ON CONFLICT DO UPDATE SET plays = plays + excluded.plays",
         [(*bucket, plays) for bucket, plays in sums.items()],
     )
@@ -375,12 +466,13 @@ def insert_speed(
         connection.executemany("INSERT INTO sessions_speed VALUES (?, ?, ?, ?, ?, ?)", rows)
         return
     # Deltas of several micro-batches add up per bucket, and per hour in the roll-up.
+    placeholders = ", ".join("?" * len(spec.columns))
     connection.executemany(
-        f"INSERT INTO {spec.speed_store} VALUES (?, ?, ?, ?) "
+        f"INSERT INTO {spec.speed_store} VALUES ({placeholders}) "
         f"ON CONFLICT DO UPDATE SET plays = plays + excluded.plays",
         rows,
     )
-    _add_to_roll_up(connection, spec.speed_store, rows)
+    _add_to_roll_up(connection, spec, spec.speed_store, rows)
 
 
 def prune_speed(connection: sqlite3.Connection, spec: ViewSpec, before: int | None) -> int:
@@ -491,7 +583,7 @@ def load_batch_days(
     """Put computed batch days ({dt: (computed_at, rows)}) into the store and set the view's
     batch watermark, in one transaction: the batch half of `refresh.refresh_view` for callers that
     have the rows already (benchmarks, imports). Returns the rows loaded."""
-    spec = VIEWS[view]
+    spec = store.spec(view)
     with store.writing() as connection:
         loaded = sum(
             replace_batch_day(connection, spec, dt, computed_at, rows)

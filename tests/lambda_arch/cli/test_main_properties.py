@@ -1,7 +1,7 @@
 """Hostile arguments to the answer commands: exit 0 or 2, one line on stderr, never a traceback
 (CONTRACT section 6).
 
-A property-based test (hypothesis) runs `trending`, `discovery` and `sessions` through the
+A property-based test (hypothesis) runs `trending`, `discovery`, `sessions` and `view NAME` through the
 console entry point (`main`, inside click's CliRunner isolation) with any mix of their options,
 each holding arbitrary text, odd unicode, huge integers or times out of range with offsets from
 -14:00 to +14:00, over a store with data. The values a black-box fuzz of the HTTP API found
@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "trending": ("--country", "--window", "--as-of", "--limit"),
     "discovery": ("--country", "--window", "--as-of"),
     "sessions": ("--member", "--title", "--limit", "--after", "--after-title"),
+    "view": ("--country", "--window", "--as-of", "--limit", "--where"),
 }
 
 
@@ -84,6 +85,7 @@ values = st.one_of(
     st.sampled_from(["9223372036854775807", "9223372036854775808", "44641", "9" * 5000]),
     st.text(max_size=30),
     st.sampled_from(["", "-", "--json", "US", "us", "XX", "\u0000", "\udcff", "١٢", "NaN"]),
+    st.sampled_from(["country=US", "country:BR", "device=tv", "title_id=3", "=", "device"]),
 )
 
 
@@ -93,6 +95,10 @@ def command_lines(draw: st.DrawFn) -> list[str]:
     args = [command]
     if command == "sessions" and draw(st.booleans()):
         args += ["--member", draw(st.sampled_from(["7", "0"]))]
+    if command == "view":
+        args.append(
+            draw(st.one_of(st.sampled_from(["device_mix", "trending", "discovery"]), values))
+        )
     for option in draw(st.lists(st.sampled_from(COMMANDS[command]), max_size=5)):
         args += [option, draw(values)]
     if draw(st.booleans()):
@@ -111,6 +117,8 @@ def command_lines(draw: st.DrawFn) -> list[str]:
 @example(args=["sessions", "--member", "9223372036854775808"])
 @example(args=["sessions", "--member", "7", "--after-title", "3"])
 @example(args=["discovery", "--window", "44641"])
+@example(args=["view", "device_mix", "--where", "country=US", "--where", "country=BR"])
+@example(args=["view", "trending", "--where", "title_id=3"])
 def test_answer_commands_exit_0_or_2_with_one_line(home: Path, args: list[str]) -> None:
     assert_one_outcome(*run(args))
 

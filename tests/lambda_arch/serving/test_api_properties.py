@@ -32,11 +32,16 @@ from lambda_arch.serving.store import MICROS, ServingStore
 from tests.lambda_arch.serving.oracle import ROLL_BATCH, rolled_store, utc
 from tests.lambda_arch.serving.test_api import serve_process
 
+VIEW_PARAMETERS = ("country", "window", "as_of", "limit", "where")
 ENDPOINTS: dict[str, tuple[str, ...]] = {
     "/trending": ("country", "window", "as_of", "limit"),
     "/discovery": ("country", "window", "as_of"),
     "/sessions": ("member_id", "title_id", "limit", "after", "after_title"),
     "/health": (),
+    "/views": (),
+    "/views/trending": VIEW_PARAMETERS,
+    "/views/discovery": VIEW_PARAMETERS,
+    "/views/device_mix": VIEW_PARAMETERS,
 }
 # The requests a black-box fuzz of `serve` got 500 for (issue 12).
 FUZZ_500S = [
@@ -177,9 +182,19 @@ texts = st.one_of(
         ]
     ),
 )
+# Filters: well-formed ones on every dimension (valid values or not), and anything else.
+wheres = st.one_of(
+    st.builds(
+        lambda dim, sep, value: f"{dim}{sep}{value}",
+        st.sampled_from(["country", "device", "title_id", "discovery_source", "member_id", ""]),
+        st.sampled_from([":", "="]),
+        st.one_of(st.sampled_from(["US", "tv", "3", "search", "web", ""]), texts, integers),
+    ),
+    texts,
+)
 # Percent-encoded text, or raw bytes that need not be UTF-8 at all.
 values = st.one_of(
-    st.one_of(times, integers, texts).map(lambda v: quote(v, safe="").encode()),
+    st.one_of(times, integers, texts, wheres).map(lambda v: quote(v, safe="").encode()),
     st.binary(max_size=20).map(lambda b: quote(b, safe="").encode()),
 )
 
@@ -211,10 +226,85 @@ def requests(draw: st.DrawFn) -> tuple[str, bytes, set[str]]:
 @example(request=("/sessions", b"member_id=7&after_title=3", {"after_title"}))
 @example(request=("/trending", b"window=" + b"9" * 5000, {"window"}))
 @example(request=("/trending", b"as_of=1" + b"0" * 4000 + b"T12:00:00Z", {"as_of"}))
+@example(request=("/views/device_mix", b"where=device:tv", {"where"}))
+@example(request=("/views/device_mix", b"where=country%3DUS&where=country:BR", {"where"}))
+@example(request=("/views/trending", b"where=title_id:99999999999999999999", {"where"}))
 def test_no_request_gets_a_500_or_a_traceback(app: Any, request: tuple[str, bytes, set]) -> None:
     path, query, names = request
     status, body = call(app, path, query)
     assert_answered(status, body, names)
+
+
+@settings(
+    max_examples=int(os.environ.get("LAMBDA_ARCH_FUZZ_EXAMPLES", "300")) // 3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    name=st.one_of(
+        st.text(min_size=1, max_size=30), st.sampled_from(["device_mix", "trending", "Trending"])
+    )
+)
+@example(name="nope")
+@example(name="a/b")
+@example(name="..")
+def test_any_view_name_is_answered_or_404(app: Any, name: str) -> None:
+    """A declared view's name answers 200; any other, 404 with `{"error": "view: ..."}` (or
+    `path: ...` when it cannot be one path segment); never a 500."""
+    path = "/views/" + quote(name, safe="")
+    status, body = call(app, path)
+    assert status in (200, 404), (status, body[:300])
+    assert b"Traceback" not in body
+    document = json.loads(body)
+    if status == 404:
+        assert set(document) == {"error"} and document["error"].split(":")[0] in ("view", "path")
+        assert name not in ("device_mix", "trending")
+    else:
+        assert document["view"] == name
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "needle"),
+    [
+        ("/views/device_mix", b"where=device:tv", "where: device is the dimension"),
+        ("/views/device_mix", b"where=title_id:3", "where: 'title_id' is not a dimension"),
+        ("/views/device_mix", b"where=country:usa", "where: country='usa'"),
+        ("/views/device_mix", b"where=country", "where: 'country' is not DIM=VALUE"),
+        ("/views/device_mix", b"where=country:US&where=country:BR", "where: country is filtered"),
+        ("/views/device_mix", b"country=US&where=country:BR", "where: country is filtered"),
+        ("/views/trending", b"where=title_id:3", "where: title_id is the dimension"),
+        ("/views/trending", b"window=0", "window:"),
+        ("/views/trending", b"limit=1001", "limit:"),
+        ("/views/trending", b"as_of=noon", "as_of:"),
+        ("/views/discovery", b"country=XX", "country:"),
+    ],
+)
+def test_bad_view_parameters_get_400_naming_them(
+    app: Any, path: str, query: bytes, needle: str
+) -> None:
+    status, body = call(app, path, query)
+    assert status == 400 and json.loads(body)["error"].startswith(needle), body
+
+
+def test_views_list_and_answer(app: Any, store: ServingStore) -> None:
+    status, body = call(app, "/views")
+    assert status == 200
+    assert [v["name"] for v in json.loads(body)["views"]] == ["trending", "discovery", "device_mix"]
+    query = b"country=US&window=600&as_of=2026-03-02T03:00:00Z&limit=3"
+    status, body = call(app, "/views/trending", query)
+    trending = answers.trending(store, country="US", window=600, as_of=utc(3, 0), limit=3)
+    assert status == 200 and json.loads(body) == {
+        "view": "trending",
+        **{k: v for k, v in trending.items() if k != "titles"},
+        "rows": trending["titles"],
+    }
+    assert trending["titles"]
+    # The same filter as where=, in both spellings.
+    for where in (b"where=country:US", b"where=country%3DUS"):
+        status, other = call(
+            app, "/views/trending", where + b"&window=600&as_of=2026-03-02T03:00:00Z&limit=3"
+        )
+        assert status == 200 and json.loads(other) == json.loads(body)
 
 
 def test_the_fuzzed_500s_are_400s_naming_the_parameter(app: Any) -> None:
@@ -291,6 +381,14 @@ def test_the_openapi_page_documents_limits_and_paging(app: Any) -> None:
     assert "next" in spec["paths"]["/sessions"]["get"]["description"]
     window = {p["name"]: p for p in spec["paths"]["/trending"]["get"]["parameters"]}["window"]
     assert window["schema"]["maximum"] == 44_640
+    assert "/views" in spec["paths"]
+    view = spec["paths"]["/views/{name}"]["get"]
+    assert {"name", "country", "window", "as_of", "limit", "where"} == {
+        p["name"] for p in view["parameters"]
+    }
+    assert "404" in view["responses"]
+    where = {p["name"]: p for p in view["parameters"]}["where"]
+    assert "DIM:VALUE" in where["description"]
 
 
 # One real server ---------------------------------------------------------------------------------
@@ -311,7 +409,13 @@ def server(store: ServingStore, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def test_a_real_server_answers_the_fuzzed_500s_with_400(server: str) -> None:
-    for request in [*FUZZ_500S, "/trending?window=%FF%FE", "/sessions?member_id=7&after=%00"]:
+    for request in [
+        *FUZZ_500S,
+        "/trending?window=%FF%FE",
+        "/sessions?member_id=7&after=%00",
+        "/views/device_mix?where=device:tv",
+        "/views/device_mix?where=%FF%FE",
+    ]:
         try:
             with urllib.request.urlopen(server + request, timeout=10) as response:
                 status, body = response.status, response.read()
@@ -320,3 +424,9 @@ def test_a_real_server_answers_the_fuzzed_500s_with_400(server: str) -> None:
         path = request.split("?", 1)[0]
         document = assert_answered(status, body, set(ENDPOINTS[path]))
         assert status == 400, (request, document)
+    try:
+        urllib.request.urlopen(server + "/views/nope", timeout=10)
+        pytest.fail("an unknown view was answered")
+    except urllib.error.HTTPError as error:
+        assert error.code == 404
+        assert json.loads(error.read())["error"].startswith("view: 'nope' is not a declared view")

@@ -109,6 +109,8 @@ def _batch_asset(
     ) -> MaterializeResult:
         days = partition_days(context)
         config = settings.get()
+        # A bad views file fails the run here, before Spark, naming the file and the view.
+        declared = count_views(config)
         lake = Lake.from_settings(config)
         # The lake's batch-writer lock, taken in the core: a run launched by anyone else that
         # is writing these tables makes this one wait (logged, and in the metadata).
@@ -120,8 +122,7 @@ def _batch_asset(
             lock_dir=lock_dir_of(config),
             owner=f"run {context.run_id} ({context.job_name})",
             log=context.log.info,
-            # A bad views file fails the run here, naming the file and the view.
-            count_views=count_views(config),
+            count_views=declared,
         )
         results = write.results
         context.log.info(

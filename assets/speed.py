@@ -195,8 +195,8 @@ def counts_asset(views: Sequence[CountView]):
     ) -> Iterator[MaterializeResult]:
         """Catch every count view up with the topic in one query; one result per view."""
         config = settings.get()
-        session = spark.session()
         declared = speed.count_views(config)  # a bad views file fails the run, naming it
+        session = spark.session()
         if context.run.job_name == STREAM_JOB_NAME and config.speed_stream_s > 0:
             report = _stream(context, session, config, declared)
         else:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, build_sensor_context, instance_for_test
+from dagster import AssetKey, AssetSelection, build_sensor_context, instance_for_test
 
 from lambda_arch.views.declarations import ViewDeclarationError
 
@@ -137,3 +137,70 @@ def test_runs_and_sensors_name_the_bad_views_file(bad_views: Path) -> None:
             pytest.raises(ViewDeclarationError, match=BAD_MESSAGE),
         ):
             sensor(context)
+
+
+SHARES_VIEW = """
+[views.stops_mix]
+dimensions = ["country", "event_type", "discovery_source"]
+events = ["play_heartbeat", "play_stop"]
+form = "shares"
+description = "Heartbeats and stops per source, with their share (a test view)."
+"""
+
+
+def test_a_declared_views_checks_pass_on_good_days_and_fail_on_bad_rows(
+    spark, speed_env, instance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generated GX suite (schema, enums of each dimension, shares per bucket of the two
+    filter dimensions) and the reconciliation of a view declared only here, on a real run."""
+    from assets.batch import play_events_clean, view_batch_asset
+    from assets.checks import reconciliation_check, view_batch_check
+    from assets.speed import counts_asset, landing
+    from lambda_arch.batch.lake import Lake
+    from lambda_arch.views.declarations import declared_views
+    from tests.assets.test_batch_assets import send
+    from tests.assets.test_checks import DAY, day_traffic, run
+
+    views_path = tmp_path / "views.toml"
+    views_path.write_text(SHARES_VIEW, encoding="utf-8")
+    monkeypatch.setenv("LAMBDA_ARCH_VIEWS_FILE", str(views_path))
+    views = declared_views(views_path)
+    view = views[-1]
+    suite, reconciled = view_batch_check(view), reconciliation_check(view)
+    assets = [play_events_clean, view_batch_asset(view), suite, reconciled]
+
+    send(speed_env, day_traffic())
+    assert run(instance, [landing, counts_asset(views)]).success
+    result = run(instance, assets, partition_key=DAY.isoformat())
+    assert result.success
+    evaluations = {
+        e.check_name: e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key.to_user_string() == "stops_mix_batch"
+    }
+    assert set(evaluations) == {"stops_mix_batch_expectations", "speed_matches_batch"}
+    for name, evaluation in evaluations.items():
+        assert evaluation.passed, (name, evaluation.metadata)
+    assert evaluations["stops_mix_batch_expectations"].metadata["rows"].value > 0
+    matched = evaluations["speed_matches_batch"].metadata
+    assert matched["covered_buckets"].value > 0
+    assert matched["missing_in_speed"].value == matched["missing_in_batch"].value == 0
+
+    # A row of an unknown event type, counted zero times, in a bucket of its own (its share
+    # alone is 1, the bucket it joins no longer sums to 1).
+    lake = Lake.from_settings(speed_env)
+    spark.sql(
+        f"INSERT INTO {lake.table('stops_mix_batch')} PARTITION (dt='{DAY.isoformat()}') "
+        "VALUES (TIMESTAMP'2026-03-01 00:06:00', 'DE', 'rewind', 'top_10', 0)"
+    )
+    rechecked = run(
+        instance,
+        assets,
+        selection=AssetSelection.checks(suite, reconciled),
+        tags={"dagster/partition": DAY.isoformat()},
+    )
+    evaluations = {e.check_name: e for e in rechecked.get_asset_check_evaluations()}
+    failed = evaluations["stops_mix_batch_expectations"]
+    assert not failed.passed
+    assert "rewind" in failed.metadata["bad_rows_sample"].value
+    assert "expect_column_values_to_be_in_set" in failed.metadata["failures"].value

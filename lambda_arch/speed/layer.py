@@ -365,7 +365,7 @@ def _prepare_views(
     added = registry.new_views(views, known)
     if added:
         offsets = checkpoint_offsets(checkpoint) or {}
-        _require_landed(settings, offsets)
+        _require_landed(spark, settings, offsets)
         from lambda_arch.batch import lake as lake_module
 
         lake = lake_module.Lake.from_settings(settings)
@@ -391,9 +391,15 @@ def _latest_commit(checkpoint: str) -> int | None:
     return max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=None)
 
 
-def _require_landed(settings: Settings, offsets: Mapping[int, int]) -> None:
-    """A fill reads the lake: the landing must have landed what the counts query read."""
+def _require_landed(spark: SparkSession, settings: Settings, offsets: Mapping[int, int]) -> None:
+    """A fill reads the lake: the landing must have landed what the counts query read. When
+    it has not (the speed job counts before it lands; a continuous counts query runs ahead of
+    the landing), the landing is caught up first (its own checkpoint and lock)."""
     landed = checkpoint_offsets(checkpoint_of(settings, LANDING))
+    if registry.landing_gap(landed, offsets):
+        log.info("a new count view is filled from the lake: landing first")
+        run_landing(spark, settings)
+        landed = checkpoint_offsets(checkpoint_of(settings, LANDING))
     gap = registry.landing_gap(landed, offsets)
     if gap:
         raise SpeedStateError(

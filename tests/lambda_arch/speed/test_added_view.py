@@ -109,6 +109,11 @@ def test_a_view_added_later_is_exact_in_batch_and_speed_after_its_fill(
     assert batch.plan(plain, lake).missing == []
     assert read_registry(paths.state_file(REGISTRY)) == {v.name: -1 for v in BUILT_IN}
     trending_day1 = batch_counts(spark, lake, "trending_batch", DAY1)
+    # The speed layer runs ahead of the landing (as a continuous counts query does).
+    kafka.send(clock("ahead", datetime(2026, 3, 2, 0, 31, tzinfo=UTC)))
+    ahead = run_counts_speed(spark, plain, paths)
+    model.apply(ahead, kafka.records)
+    assert ahead.events_read == 1
     before = list(kafka.records)
 
     # The view is declared: the batch layer owes it every complete day.
@@ -116,11 +121,17 @@ def test_a_view_added_later_is_exact_in_batch_and_speed_after_its_fill(
     # More traffic, on day 2, then the speed layer with the view: filled, then counted.
     kafka.send(wave(datetime(2026, 3, 2, 0, 40, tzinfo=UTC), 200, seed=32))
     kafka.send(clock("clock-2", datetime(2026, 3, 3, 0, 30, tzinfo=UTC)))
-    run_landing(spark, declared, lake)
+    # Not landed yet (the speed job counts before it lands; the counts query read a record
+    # the landing has not): the fill lands first.
     counted_before = len(model.counted)
     second = run_counts_speed(spark, declared, paths)
     model.apply(second, kafka.records)
     assert second.events_read == len(kafka.records) - len(before)
+    landed = read_speed_state(paths, "landing")
+    assert landed is not None and landed["offsets"] == {
+        str(p): o for p, o in second.offsets.items()
+    }
+    assert batch.landing_watermark(plain) == datetime(2026, 3, 3, 0, 20, tzinfo=UTC)
 
     # Speed: what the counts query read before the view existed, from the lake (each event_id
     # once, late ones included), plus what it counted since, by the contract's rules.
@@ -130,7 +141,7 @@ def test_a_view_added_later_is_exact_in_batch_and_speed_after_its_fill(
     assert sum(ref_view(view, model.counted[counted_before:]).values()) > 0
     assert sum(ref_view(view, filled).values()) > 0
     folders = sorted(p.name for p in (Path(paths.table(f"{view.name}_speed"))).iterdir())
-    last_before = max(b.batch_id for b in first.batches)
+    last_before = max(b.batch_id for b in ahead.batches)
     assert folders[0] == f"batch_id={last_before}"  # one folder for the fill, then the query's
     registry = read_registry(paths.state_file(REGISTRY))
     assert registry[view.name] == last_before

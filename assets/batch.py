@@ -24,14 +24,16 @@ from dagster._core.storage.tags import (
     PARTITION_NAME_TAG,
 )
 
-from assets.speed import RAW_ASSET
+from assets.speed import RAW_ASSET, definition_views
 from lambda_arch.batch import layer as batch
 from lambda_arch.batch.lake import Lake
 from lambda_arch.batch.retention import drop_old_quarantine
 from lambda_arch.common.config import definition_settings
 from lambda_arch.common.tags import SPARK_BATCH, SPARK_RUN_TAG
 from lambda_arch.serving.ranking import markdown_table
-from lambda_arch.speed.layer import lock_dir_of
+from lambda_arch.speed.layer import count_views, lock_dir_of
+from lambda_arch.views.declarations import CountView
+from lambda_arch.views.spec import spec_of
 from resources import LambdaArchSettings, SparkResource
 
 GROUP = "batch"
@@ -84,8 +86,14 @@ def day_metadata(results: list[batch.DayResult]) -> dict[str, object]:
     return metadata
 
 
-def _batch_asset(table: str, deps: list[AssetKey], description: str):
+def _batch_asset(
+    table: str,
+    deps: list[AssetKey],
+    description: str,
+    metadata: Mapping[str, str] | None = None,
+):
     @asset(
+        metadata=dict(metadata or {}),
         name=table,
         group_name=GROUP,
         deps=deps,
@@ -101,6 +109,8 @@ def _batch_asset(table: str, deps: list[AssetKey], description: str):
     ) -> MaterializeResult:
         days = partition_days(context)
         config = settings.get()
+        # A bad views file fails the run here, before Spark, naming the file and the view.
+        declared = count_views(config)
         lake = Lake.from_settings(config)
         # The lake's batch-writer lock, taken in the core: a run launched by anyone else that
         # is writing these tables makes this one wait (logged, and in the metadata).
@@ -112,6 +122,7 @@ def _batch_asset(table: str, deps: list[AssetKey], description: str):
             lock_dir=lock_dir_of(config),
             owner=f"run {context.run_id} ({context.job_name})",
             log=context.log.info,
+            count_views=declared,
         )
         results = write.results
         context.log.info(
@@ -135,20 +146,28 @@ play_events_clean = _batch_asset(
     [RAW_ASSET],
     "The day's valid play events, one row per event_id (lambda_arch.play_events_clean).",
 )
-trending_batch = _batch_asset(
-    batch.TRENDING_TABLE,
-    [AssetKey(batch.CLEAN_TABLE)],
-    "Plays per title, country and event-time minute of the day, recomputed from the lake.",
-)
-discovery_batch = _batch_asset(
-    batch.DISCOVERY_TABLE,
-    [AssetKey(batch.CLEAN_TABLE)],
-    "Plays per discovery source, country and event-time minute of the day, from the lake.",
-)
+
+
+def view_batch_asset(view: CountView):
+    """A declared count view's `<view>_batch`: its daily partitions, recomputed from the lake."""
+    return _batch_asset(
+        spec_of(view).batch_table,
+        [AssetKey(batch.CLEAN_TABLE)],
+        f"{view.description} Batch layer: plays per event-time minute and "
+        f"{', '.join(view.dimensions)} ({', '.join(view.event_types)} events) of the day, "
+        "recomputed from the lake.",
+        {"dimensions": ", ".join(view.dimensions), "form": view.form},
+    )
+
+
+# One per declared count view (built-in and LAMBDA_ARCH_VIEWS_FILE), by name.
+VIEW_BATCH_ASSETS = {view.name: view_batch_asset(view) for view in definition_views()}
+trending_batch = VIEW_BATCH_ASSETS["trending"]
+discovery_batch = VIEW_BATCH_ASSETS["discovery"]
 sessions_batch = _batch_asset(
     batch.SESSIONS_TABLE,
     [AssetKey(batch.CLEAN_TABLE), RAW_ASSET],
     "Viewing sessions (30-minute gap) that end on the day; they may begin the day before.",
 )
 
-BATCH_ASSETS = [play_events_clean, trending_batch, discovery_batch, sessions_batch]
+BATCH_ASSETS = [play_events_clean, *VIEW_BATCH_ASSETS.values(), sessions_batch]

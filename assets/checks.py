@@ -36,9 +36,10 @@ from assets.batch import BATCH_ASSETS, tagged_days
 from assets.speed import (
     QUARANTINE_ASSET,
     RAW_ASSET,
-    discovery_speed,
+    counts,
+    definition_views,
     sessions_speed,
-    trending_speed,
+    speed_key,
 )
 from lambda_arch.batch import layer as batch
 from lambda_arch.batch.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake, read_play_events
@@ -48,15 +49,15 @@ from lambda_arch.ingest.schema import REASON_FUTURE
 from lambda_arch.quality import rules as quality
 from lambda_arch.speed import layer as speed
 from lambda_arch.speed import retention
-from lambda_arch.views.transforms import DISCOVERY_COLUMNS, SESSION_COLUMNS, TRENDING_COLUMNS
+from lambda_arch.views.declarations import CountView
+from lambda_arch.views.spec import spec_of
+from lambda_arch.views.transforms import SESSION_COLUMNS
 from resources import LambdaArchSettings, SparkResource
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 CLEAN_ASSET = AssetKey(batch.CLEAN_TABLE)
-TRENDING_ASSET = AssetKey(batch.TRENDING_TABLE)
-DISCOVERY_ASSET = AssetKey(batch.DISCOVERY_TABLE)
 SESSIONS_ASSET = AssetKey(batch.SESSIONS_TABLE)
 # Yesterday's batch partitions are due by 03:00 UTC: the day-complete sensor runs them shortly
 # after midnight plus the allowed lateness, the nightly schedule (02:00) is the safety net.
@@ -133,19 +134,20 @@ def validate_table(
     *,
     scope: str,
     unique_keys: Sequence[str] | None = None,
-    shares: bool = False,
+    shares: Sequence[str] | None = None,
 ) -> quality.Validation:
     """Schema (exact), optional uniqueness (exact, Spark), then the GX suite on a bounded
-    pandas copy of `columns` (see lambda_arch.quality.rules for why pandas)."""
+    pandas copy of `columns` (see lambda_arch.quality.rules for why pandas). `shares`: the
+    filter dimensions of a `shares` view, whose shares per bucket must sum to 1."""
     extra = [quality.schema_outcome(frame.dtypes, schema)]
     duplicates: list[dict[str, Any]] = []
     if unique_keys:
         outcome, duplicates = quality.duplicates_outcome(frame, unique_keys)
         extra.append(outcome)
     rows, total = quality.bounded_pandas(frame.select(*columns), settings.quality_max_rows)
-    if shares and len(rows) == total:
+    if shares is not None and len(rows) == total:
         # Shares need whole buckets: judged only when nothing was sampled away.
-        extra.append(quality.share_outcome(rows))
+        extra.append(quality.share_outcome(rows, filters=shares))
     if total == 0:
         return quality.Validation(name, 0, 0, tuple(extra), tuple(duplicates), scope)
     return quality.run_expectations(
@@ -159,7 +161,7 @@ def _session_and_lake(
     config = settings.get()
     session = spark.session()
     lake = Lake.from_settings(config)
-    batch.ensure_batch_tables(session, lake)
+    batch.ensure_batch_tables(session, lake, speed.count_views(config))
     return config, session, lake
 
 
@@ -219,7 +221,7 @@ def _batch_check(
     description: str,
     *,
     unique_keys: Sequence[str] | None = None,
-    shares: bool = False,
+    shares: Sequence[str] | None = None,
 ) -> AssetChecksDefinition:
     table = asset_key.path[-1]
 
@@ -280,25 +282,28 @@ clean_events_expectations = _batch_check(
     # Unique per day: each day is deduplicated on its own (a re-send on another day is kept).
     unique_keys=["dt", "event_id"],
 )
-trending_batch_expectations = _batch_check(
-    TRENDING_ASSET,
-    "trending_batch_expectations",
-    quality.TRENDING_SCHEMA,
-    _with_day("minute", *TRENDING_COLUMNS),
-    quality.trending_expectations,
-    "Great Expectations on the run's days of trending_batch: schema, plays >= 1, one row per "
-    "(minute, country, title), minutes within the partition's day.",
-)
-discovery_batch_expectations = _batch_check(
-    DISCOVERY_ASSET,
-    "discovery_batch_expectations",
-    quality.DISCOVERY_SCHEMA,
-    _with_day("minute", *DISCOVERY_COLUMNS),
-    quality.discovery_expectations,
-    "Great Expectations on the run's days of discovery_batch: schema, plays >= 1, known "
-    "sources, one row per bucket, shares per minute and country summing to 1 (4 decimals).",
-    shares=True,
-)
+
+
+def view_batch_check(view: CountView) -> AssetChecksDefinition:
+    """A declared count view's GX suite on its batch days (`<view>_batch_expectations`)."""
+    table = spec_of(view).batch_table
+    share = "; shares per bucket summing to 1 (4 decimals)" if view.form == "shares" else ""
+    return _batch_check(
+        AssetKey(table),
+        f"{table}_expectations",
+        quality.view_schema(view),
+        _with_day("minute", *view.columns),
+        quality.view_expectations(view),
+        f"Great Expectations on the run's days of {table}: schema, plays >= 1, known "
+        f"{', '.join(view.dimensions)} values, one row per (minute, "
+        f"{', '.join(view.dimensions)}), minutes within the partition's day{share}.",
+        shares=view.filters if view.form == "shares" else None,
+    )
+
+
+VIEW_BATCH_CHECKS = {view.name: view_batch_check(view) for view in definition_views()}
+trending_batch_expectations = VIEW_BATCH_CHECKS["trending"]
+discovery_batch_expectations = VIEW_BATCH_CHECKS["discovery"]
 sessions_batch_expectations = _batch_check(
     SESSIONS_ASSET,
     "sessions_batch_expectations",
@@ -323,86 +328,100 @@ def _fresh_days(lake: Lake, table: str, days: Sequence[date]) -> tuple[list[date
     return fresh, skipped
 
 
-@asset_check(
-    asset=TRENDING_ASSET,
-    name="speed_matches_batch",
-    op_tags=_CHECK_TAGS,
-    description=(
-        "The lambda invariant: over minutes both layers settled, trending_speed counts equal "
-        "trending_batch counts except for events the speed layer dropped as late."
-    ),
-)
-def speed_matches_batch(
-    context: AssetCheckExecutionContext, settings: LambdaArchSettings, spark: SparkResource
-) -> AssetCheckResult:
-    """Covered buckets: the run's days that are computed and not stale (a stale day is known
-    to miss landed events), cut at the speed watermark's minute (later minutes may still
-    grow). Fails (ERROR) when batch - speed exceeds the late events (plus records one layer
-    has read and the other not), or speed exceeds batch beyond records not yet landed."""
-    config = settings.get()
-    paths = speed.SpeedPaths.from_settings(config)
-    state = speed.read_speed_state(paths, speed.TRENDING) or {}
-    watermark = state.get("watermark")
-    days = run_days(context, TRENDING_ASSET)
-    if not watermark or not days:
-        reason = "the speed layer has no watermark yet" if not watermark else "no partition"
-        return AssetCheckResult(passed=True, metadata={"skipped": reason})
-    lake = Lake.from_settings(config)
-    fresh, skipped = _fresh_days(lake, batch.TRENDING_TABLE, days)
-    watermark_at = parse_time(watermark)
-    # Not before the speed rows serving has removed (LAMBDA_ARCH_SPEED_RETENTION_HOURS).
-    removed_before = retention.removed_before(paths.root, speed.TRENDING)
-    ranges = retention.cut_ranges(quality.covered_range(fresh, watermark_at), removed_before)
-    session = spark.session()
-    batch.ensure_batch_tables(session, lake)
-    landing = speed.read_speed_state(paths, speed.LANDING) or {}
-    landing_ahead, speed_ahead = quality.offset_gaps(
-        {p: int(o) for p, o in (landing.get("offsets") or {}).items()},
-        {p: int(o) for p, o in (state.get("offsets") or {}).items()},
+def reconciliation_check(view: CountView) -> AssetChecksDefinition:
+    """The lambda invariant of one count view, on `<view>_batch` (`speed_matches_batch`)."""
+    spec = spec_of(view)
+    batch_asset = AssetKey(spec.batch_table)
+    keys = ("minute", *view.dimensions)
+
+    @asset_check(
+        asset=batch_asset,
+        name="speed_matches_batch",
+        op_tags=_CHECK_TAGS,
+        description=(
+            f"The lambda invariant: over minutes both layers settled, {spec.speed_query} counts "
+            f"equal {spec.batch_table} counts except for events the speed layer dropped as late."
+        ),
     )
-    # The frames are lazy: the Spark jobs of `reconcile` read the batch table, under the lock.
-    with reading_batch_tables(context, config, lake):
-        batch_view = batch.read_batch_view(session, lake, batch.TRENDING_TABLE, fresh).drop("dt")
-        differences = quality.bucket_differences(
-            batch_view, speed.read_trending_speed(session, paths), ranges
+    def speed_matches_batch(
+        context: AssetCheckExecutionContext, settings: LambdaArchSettings, spark: SparkResource
+    ) -> AssetCheckResult:
+        """Covered buckets: the run's days that are computed and not stale (a stale day is
+        known to miss landed events), cut at the speed watermark's minute (later minutes may
+        still grow). Fails (ERROR) when batch - speed exceeds the late events (plus records one
+        layer has read and the other not), or speed exceeds batch beyond records not yet
+        landed."""
+        config = settings.get()
+        paths = speed.SpeedPaths.from_settings(config)
+        state = speed.read_speed_state(paths, spec.speed_query) or {}
+        watermark = state.get("watermark")
+        days = run_days(context, batch_asset)
+        if not watermark or not days:
+            reason = "the speed layer has no watermark yet" if not watermark else "no partition"
+            return AssetCheckResult(passed=True, metadata={"skipped": reason})
+        lake = Lake.from_settings(config)
+        fresh, skipped = _fresh_days(lake, spec.batch_table, days)
+        watermark_at = parse_time(watermark)
+        # Not before the speed rows serving has removed (LAMBDA_ARCH_SPEED_RETENTION_HOURS).
+        removed_before = retention.removed_before(paths.root, spec.speed_query)
+        ranges = retention.cut_ranges(quality.covered_range(fresh, watermark_at), removed_before)
+        session = spark.session()
+        batch.ensure_batch_tables(session, lake, speed.count_views(config))
+        landing = speed.read_speed_state(paths, speed.LANDING) or {}
+        landing_ahead, speed_ahead = quality.offset_gaps(
+            {p: int(o) for p, o in (landing.get("offsets") or {}).items()},
+            {p: int(o) for p, o in (state.get("offsets") or {}).items()},
         )
-        result = quality.reconcile(
-            differences,
-            late_events_total=int(state.get("late_events_total") or 0),
-            landing_ahead=landing_ahead,
-            speed_ahead=speed_ahead,
+        # The frames are lazy: the Spark jobs of `reconcile` read the batch table, under the lock.
+        with reading_batch_tables(context, config, lake):
+            batch_view = batch.read_batch_view(session, lake, spec.batch_table, fresh).drop("dt")
+            differences = quality.bucket_differences(
+                batch_view, speed.read_view_speed(session, paths, view), ranges, keys
+            )
+            result = quality.reconcile(
+                differences,
+                late_events_total=int(state.get("late_events_total") or 0),
+                landing_ahead=landing_ahead,
+                speed_ahead=speed_ahead,
+            )
+        context.log.info(f"{view.name} speed vs batch: {result.summary()}")
+        last_speed = context.instance.get_latest_materialization_event(speed_key(view))
+        last_late = (
+            last_speed.asset_materialization.metadata.get("late_events")
+            if last_speed and last_speed.asset_materialization
+            else None
         )
-    context.log.info(f"speed vs batch: {result.summary()}")
-    last_speed = context.instance.get_latest_materialization_event(trending_speed.key)
-    last_late = (
-        last_speed.asset_materialization.metadata.get("late_events")
-        if last_speed and last_speed.asset_materialization
-        else None
-    )
-    metadata: dict[str, Any] = {
-        "covered_buckets": result.buckets,
-        "buckets_differing": result.buckets_differing,
-        "batch_plays": result.batch_plays,
-        "speed_plays": result.speed_plays,
-        "missing_in_speed": result.missing_in_speed,
-        "missing_in_batch": result.missing_in_batch,
-        "late_events_total": result.late_events_total,
-        "late_events_last_run": int(last_late.value) if last_late is not None else 0,
-        "landing_ahead": landing_ahead,
-        "speed_ahead": speed_ahead,
-        "speed_watermark": watermark,
-        "speed_removed_before": removed_before.isoformat() if removed_before else "none",
-        "days_checked": ", ".join(d.isoformat() for d in fresh) or "none",
-        "days_skipped": ", ".join(d.isoformat() for d in skipped) or "none",
-        "summary": result.summary(),
-        "top_differences": MetadataValue.md(result.offenders_markdown()),
-    }
-    return AssetCheckResult(
-        passed=result.passed,
-        severity=AssetCheckSeverity.ERROR,
-        metadata=metadata,
-        description=None if result.passed else result.summary(),
-    )
+        metadata: dict[str, Any] = {
+            "covered_buckets": result.buckets,
+            "buckets_differing": result.buckets_differing,
+            "batch_plays": result.batch_plays,
+            "speed_plays": result.speed_plays,
+            "missing_in_speed": result.missing_in_speed,
+            "missing_in_batch": result.missing_in_batch,
+            "late_events_total": result.late_events_total,
+            "late_events_last_run": int(last_late.value) if last_late is not None else 0,
+            "landing_ahead": landing_ahead,
+            "speed_ahead": speed_ahead,
+            "speed_watermark": watermark,
+            "speed_removed_before": removed_before.isoformat() if removed_before else "none",
+            "days_checked": ", ".join(d.isoformat() for d in fresh) or "none",
+            "days_skipped": ", ".join(d.isoformat() for d in skipped) or "none",
+            "summary": result.summary(),
+            "top_differences": MetadataValue.md(result.offenders_markdown()),
+        }
+        return AssetCheckResult(
+            passed=result.passed,
+            severity=AssetCheckSeverity.ERROR,
+            metadata=metadata,
+            description=None if result.passed else result.summary(),
+        )
+
+    return speed_matches_batch
+
+
+# One per declared count view; `speed_matches_batch` is trending's.
+RECONCILIATION_CHECKS = {view.name: reconciliation_check(view) for view in definition_views()}
+speed_matches_batch = RECONCILIATION_CHECKS["trending"]
 
 
 # Quarantine ratio -------------------------------------------------------------------------------
@@ -474,8 +493,7 @@ def quarantine_ratio(
 SPEED_FRESHNESS_ASSETS = [
     RAW_ASSET,
     QUARANTINE_ASSET,
-    trending_speed,
-    discovery_speed,
+    *counts.keys,
     sessions_speed,
 ]
 
@@ -511,13 +529,12 @@ FRESHNESS_SENSORS: list[SensorDefinition] = [
 GX_CHECKS: list[AssetChecksDefinition] = [
     raw_events_expectations,
     clean_events_expectations,
-    trending_batch_expectations,
-    discovery_batch_expectations,
+    *VIEW_BATCH_CHECKS.values(),
     sessions_batch_expectations,
 ]
 ASSET_CHECKS: list[AssetChecksDefinition] = [
     *GX_CHECKS,
-    speed_matches_batch,
+    *RECONCILIATION_CHECKS.values(),
     quarantine_ratio,
     *FRESHNESS_CHECKS,
 ]

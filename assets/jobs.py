@@ -11,8 +11,7 @@ from assets.speed import (
     SPEED_ASSETS,
     STREAM_JOB_NAME,
     STREAM_TAGS,
-    discovery_speed,
-    trending_speed,
+    counts,
 )
 
 SPEED_JOB_NAME = "speed_job"
@@ -49,18 +48,19 @@ batch_job = define_asset_job(
     description="Recompute daily partitions of the batch views from the lake's history.",
 )
 
-# LAMBDA_ARCH_SPEED_STREAM_S > 0: trending and discovery as continuous queries, one per step,
-# both at once (one process each), the serving store refreshed after every micro-batch. The
-# sensor sensors/stream.py keeps one such run going; speed_job's runs of the same assets then
-# find their checkpoints held and return once the stream has passed the topic's end offsets.
+# LAMBDA_ARCH_SPEED_STREAM_S > 0: the counts query (every `<view>_speed`) as one continuous
+# query, the serving store refreshed after every micro-batch. The sensor sensors/stream.py keeps
+# one such run going; speed_job's runs of the same assets then find the checkpoint held and
+# return once the stream has passed the topic's end offsets.
 views_stream_job = define_asset_job(
     STREAM_JOB_NAME,
-    selection=AssetSelection.assets(trending_speed, discovery_speed),
-    executor_def=multiprocess_executor.configured({"max_concurrent": 2}),
+    selection=AssetSelection.assets(counts),
+    executor_def=multiprocess_executor.configured({"max_concurrent": 1}),
     # A Spark slot of its own: a stream runs for minutes and must not hold speed_job back.
     tags=STREAM_TAGS,
     description=(
-        "trending_speed and discovery_speed as continuous queries for LAMBDA_ARCH_SPEED_STREAM_S "
-        "seconds (a micro-batch every LAMBDA_ARCH_SPEED_TRIGGER_S), serving refreshed after each."
+        "The counts query (every count view's <view>_speed) as a continuous query for "
+        "LAMBDA_ARCH_SPEED_STREAM_S seconds (a micro-batch every LAMBDA_ARCH_SPEED_TRIGGER_S), "
+        "serving refreshed after each."
     ),
 )

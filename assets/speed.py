@@ -1,12 +1,16 @@
 """Speed layer assets (group `speed`): checkpointed Structured Streaming queries run availableNow.
 
 Each asset is a short story: open the run's Spark session, catch one query up with the topic
-(`lambda_arch.speed.layer`), report what it did as metadata the Dagster UI can plot.
+(`lambda_arch.speed.layer`), report what it did as metadata the Dagster UI can plot. The count
+views' assets (`<view>_speed`, one per declaration of `declared_views`) are the outputs of one
+multi-asset, `counts`: the one query that counts them all.
 """
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import TYPE_CHECKING
 
 from dagster import (
@@ -23,7 +27,7 @@ from dagster import (
     observable_source_asset,
 )
 
-from lambda_arch.common.config import Settings
+from lambda_arch.common.config import Settings, definition_settings
 from lambda_arch.common.tags import SPARK_RUN_TAG, SPARK_SPEED, SPARK_STREAM
 from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError, offset_bounds
 from lambda_arch.serving.ranking import Window, markdown_table, top_titles
@@ -32,6 +36,8 @@ from lambda_arch.serving.store import ServingStore
 from lambda_arch.speed import layer as speed
 from lambda_arch.speed.lag import partition_lag
 from lambda_arch.speed.streaming import StreamReport
+from lambda_arch.views import spec as view_specs
+from lambda_arch.views.declarations import TRENDING, CountView, views_or_built_in
 from resources import KafkaResource, LambdaArchSettings, SparkResource
 
 if TYPE_CHECKING:
@@ -49,15 +55,37 @@ STREAM_TAGS = {SPARK_RUN_TAG: SPARK_STREAM}
 # Order of the steps of a speed run (Dagster runs ready steps by this priority, highest first):
 # trending and its serving refresh first, landing and the checks last, so what users query
 # is fresh before the run has finished (benchmarks/freshness.py).
-PRIORITY = {"trending": 40, "discovery": 30, "sessions": 20, "landing": 10}
-# The job that runs trending_speed and discovery_speed as continuous queries (assets/jobs.py).
+# (Serving steps take their view's priority: trending's first, other views' DEFAULT_PRIORITY.)
+PRIORITY = {"counts": 40, "trending": 40, "discovery": 30, "sessions": 20, "landing": 10}
+DEFAULT_PRIORITY = 30
+# The job that runs the counts query (every `<view>_speed`) continuously (assets/jobs.py).
 STREAM_JOB_NAME = "views_stream_job"
 # A continuous query reports its assets as materialized at most this often (Dagster events).
 PUBLISH_EVERY_S = 30.0
 
 
 def step_priority(view: str) -> dict[str, str]:
-    return {"dagster/priority": str(PRIORITY[view])}
+    return {"dagster/priority": str(PRIORITY.get(view, DEFAULT_PRIORITY))}
+
+
+@cache
+def definition_views() -> tuple[CountView, ...]:
+    """The count views the definitions are built from, read once per process, never raising:
+    a bad views file is logged and the built-in views stand in (runs fail naming the error,
+    as `lambda_arch.speed.layer.count_views` raises it)."""
+    views, error = views_or_built_in(definition_settings().views_file)
+    if error is not None:
+        logging.getLogger(__name__).error(
+            "%s; the Dagster definitions load with the built-in views only and every run of the "
+            "count views fails with this error until it is fixed",
+            error,
+        )
+    return views
+
+
+def speed_key(view: CountView) -> AssetKey:
+    """A count view's speed asset: `<view>_speed`."""
+    return AssetKey(view_specs.spec_of(view).speed_query)
 
 
 KINDS = {"spark", "kafka"}
@@ -101,11 +129,18 @@ def run_metadata(settings: Settings, report: StreamReport) -> dict[str, object]:
     return metadata
 
 
+def _log_report(context: AssetExecutionContext, name: str, report: StreamReport) -> None:
+    context.log.info(
+        f"{name}: {report.events_read} events in {report.micro_batches} micro-batches, "
+        f"{report.late_events} late, watermark {report.watermark}"
+        + (", caught up by the run holding its checkpoint" if report.caught_up_by_holder else "")
+    )
+
+
 def _speed_asset(
     name: str,
     description: str,
     run: Callable[..., StreamReport],
-    extra: Callable[..., dict[str, object]] | None = None,
 ):
     @asset(
         name=name,
@@ -120,40 +155,82 @@ def _speed_asset(
         context: AssetExecutionContext, settings: LambdaArchSettings, spark: SparkResource
     ) -> MaterializeResult:
         config = settings.get()
-        session = spark.session()
-        if context.run.job_name == STREAM_JOB_NAME and config.speed_stream_s > 0:
-            report = _stream(context, session, config, name)
-        else:
-            report = run(session, config)
-        context.log.info(
-            f"{name}: {report.events_read} events in {report.micro_batches} micro-batches, "
-            f"{report.late_events} late, watermark {report.watermark}"
-            + (
-                ", caught up by the run holding its checkpoint"
-                if report.caught_up_by_holder
-                else ""
-            )
-        )
-        metadata = run_metadata(config, report)
-        if extra is not None:
-            metadata.update(extra(session, config, report))
-        return MaterializeResult(metadata=metadata)
+        report = run(spark.session(), config)
+        _log_report(context, name, report)
+        return MaterializeResult(metadata=run_metadata(config, report))
 
     return _asset
 
 
+def view_description(view: CountView) -> str:
+    """A `<view>_speed` asset's description, from its declaration."""
+    return (
+        f"{view.description} Speed layer: plays per event-time minute and "
+        f"{', '.join(view.dimensions)} ({', '.join(view.event_types)} events), from Kafka in "
+        "near real time, counted by the one counts query of every view."
+    )
+
+
+def counts_asset(views: Sequence[CountView]):
+    """The counts query as a multi-asset: one `<view>_speed` output per declared view."""
+
+    @multi_asset(
+        name=speed.COUNTS,
+        specs=[
+            AssetSpec(
+                speed_key(view),
+                group_name=GROUP,
+                deps=[TOPIC_ASSET],
+                kinds=KINDS,
+                description=view_description(view),
+                metadata={"dimensions": ", ".join(view.dimensions), "form": view.form},
+            )
+            for view in views
+        ],
+        pool="spark",
+        op_tags={**SPARK_TAGS, **step_priority(speed.COUNTS)},
+    )
+    def counts(
+        context: AssetExecutionContext, settings: LambdaArchSettings, spark: SparkResource
+    ) -> Iterator[MaterializeResult]:
+        """Catch every count view up with the topic in one query; one result per view."""
+        config = settings.get()
+        declared = speed.count_views(config)  # a bad views file fails the run, naming it
+        session = spark.session()
+        if context.run.job_name == STREAM_JOB_NAME and config.speed_stream_s > 0:
+            report = _stream(context, session, config, declared)
+        else:
+            report = speed.run_counts_speed(session, config, views=declared)
+        _log_report(context, speed.COUNTS, report)
+        metadata = run_metadata(config, report)
+        for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
+            extra = _trending_top10(session, config, report) if key == speed_key(TRENDING) else {}
+            yield MaterializeResult(asset_key=key, metadata={**metadata, **extra})
+
+    return counts
+
+
+def _served(views: Sequence[CountView]) -> list[str]:
+    """The views the serving store holds (refreshed after each micro-batch of a stream)."""
+    return [view.name for view in views if view.name in view_specs.VIEWS]
+
+
 def _stream(
-    context: AssetExecutionContext, session: "SparkSession", config: Settings, name: str
+    context: AssetExecutionContext,
+    session: "SparkSession",
+    config: Settings,
+    views: Sequence[CountView],
 ) -> StreamReport:
-    """A count view as a continuous query for `LAMBDA_ARCH_SPEED_STREAM_S` seconds: the serving
-    store is refreshed after every micro-batch, and both assets are reported as materialized at
-    most every PUBLISH_EVERY_S seconds, so the UI follows the stream while the run goes on."""
-    view = name.removesuffix("_speed")
+    """The counts query as a continuous query for `LAMBDA_ARCH_SPEED_STREAM_S` seconds: the
+    serving store is refreshed after every micro-batch, and the assets are reported as
+    materialized at most every PUBLISH_EVERY_S seconds, so the UI follows the stream while the
+    run goes on."""
     store = ServingStore.from_settings(config)
+    served = _served(views)
     published = {"at": time.monotonic(), "events": 0, "batches": 0}
 
     def on_batch(batch: StreamReport) -> None:
-        refresh = refresh_view(config, store, view)
+        refreshed = {view: refresh_view(config, store, view) for view in served}
         published["events"] += batch.events_read
         published["batches"] += 1
         if time.monotonic() - published["at"] < PUBLISH_EVERY_S:
@@ -163,20 +240,25 @@ def _stream(
             "events_since_last_report": published["events"],
             "micro_batches_since_last_report": published["batches"],
         }
-        context.log_event(AssetMaterialization(asset_key=context.asset_key, metadata=metadata))
-        context.log_event(
-            AssetMaterialization(asset_key=AssetKey(f"{view}_serving"), metadata=refresh.metadata())
-        )
+        for view in views:
+            context.log_event(AssetMaterialization(asset_key=speed_key(view), metadata=metadata))
+        for view, refresh in refreshed.items():
+            context.log_event(
+                AssetMaterialization(
+                    asset_key=AssetKey(f"{view}_serving"), metadata=refresh.metadata()
+                )
+            )
         published.update(at=time.monotonic(), events=0, batches=0)
 
     context.log.info(
-        f"{name}: continuous query for {config.speed_stream_s} s, a micro-batch every "
+        f"{speed.COUNTS}: continuous query for {config.speed_stream_s} s, a micro-batch every "
         f"{config.speed_trigger_s:g} s, serving refreshed after each"
     )
-    report = speed.stream_view(
-        session, config, name, stream_s=config.speed_stream_s, on_batch=on_batch
+    report = speed.stream_counts(
+        session, config, stream_s=config.speed_stream_s, on_batch=on_batch, views=views
     )
-    refresh_view(config, store, view)
+    for view in served:
+        refresh_view(config, store, view)
     return report
 
 
@@ -194,17 +276,7 @@ def _trending_top10(
     return {"top_10": MetadataValue.md(title + markdown_table(rows, ["rank", "title_id", "plays"]))}
 
 
-trending_speed = _speed_asset(
-    speed.TRENDING,
-    "Plays per title, country and event-time minute, from Kafka in near real time.",
-    speed.run_trending_speed,
-    _trending_top10,
-)
-discovery_speed = _speed_asset(
-    speed.DISCOVERY,
-    "Plays per discovery source, country and event-time minute, from Kafka in near real time.",
-    speed.run_discovery_speed,
-)
+counts = counts_asset(definition_views())
 sessions_speed = _speed_asset(
     speed.SESSIONS,
     "Closed viewing sessions (30-minute gap) per member and title, stitched in streaming.",
@@ -272,4 +344,4 @@ def landing(context: AssetExecutionContext, settings: LambdaArchSettings, spark:
 
 
 # Landing first: the batch layer reads what it lands, and a run catches everything up in order.
-SPEED_ASSETS = [landing, trending_speed, discovery_speed, sessions_speed]
+SPEED_ASSETS = [landing, counts, sessions_speed]

@@ -407,19 +407,19 @@ def report_runs(
         if marker.visible_at is None:
             print(f"  title {marker.title_id}: not visible")
             continue
-        # The run that served it: the first whose trending_speed step started after the send.
+        # The run that served it: the first whose counts step (trending_speed) started after the send.
         serving = next(
             (
                 r
                 for r in runs
-                if r.step_start.get("trending_speed", 0) >= marker.sent_at and r.started is not None
+                if r.step_start.get("counts", 0) >= marker.sent_at and r.started is not None
             ),
             None,
         )
         if serving is None or serving.started is None:
             print(f"  title {marker.title_id}: {marker.latency_s:.1f} s (run not found)")
             continue
-        # A run that started before the send still serves it when its trending_speed step
+        # A run that started before the send still serves it when its counts step
         # reads the topic after the send: then all of the latency counts as run time.
         wait = max(serving.created - marker.sent_at, 0.0)
         queue = max(serving.started - max(serving.created, marker.sent_at), 0.0)
@@ -599,7 +599,7 @@ def main() -> None:
                 producer.close(timeout=5)
         children.stop_all()
         with contextlib.suppress(Exception):
-            batches = micro_batches(home / "checkpoints" / "trending_speed")
+            batches = micro_batches(home / "checkpoints" / "counts")
         with contextlib.suppress(Exception):
             runs = speed_runs(home / "dagster")
         with contextlib.suppress(Exception):

@@ -1,8 +1,8 @@
 """Micro-batches of a continuous view at steady traffic: where a micro-batch's time goes.
 
 Starts an embedded broker, a `lambda-arch produce --rate R` process (generated traffic, event
-clock = wall clock) and one SparkSession in this process, then runs `trending_speed` as a
-continuous query (`lambda_arch.speed.layer.stream_view`, a micro-batch every --trigger-s seconds) for
+clock = wall clock) and one SparkSession in this process, then runs the counts query (every
+count view) as a continuous query (`lambda_arch.speed.layer.stream_view`, a micro-batch every --trigger-s seconds) for
 --seconds. A StreamingQueryListener records every micro-batch's progress; printed are medians
 and p95 of its phases (Spark's durationMs: latestOffset = asking the broker for end offsets,
 queryPlanning, addBatch = read + parse + dedup state + the foreachBatch write, walCommit and
@@ -75,7 +75,7 @@ def main() -> None:
     from pyspark.sql.streaming import StreamingQueryListener
 
     from lambda_arch.runtime.spark import build_session
-    from lambda_arch.speed.layer import TRENDING, run_trending_speed, stream_view
+    from lambda_arch.speed.layer import COUNTS, run_trending_speed, stream_view
 
     base = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     broker = EmbeddedBroker(free_port(), log_path=base / "broker.log")
@@ -117,7 +117,7 @@ def main() -> None:
         command += [f"{args.rate:g}", "--events", "0", "--quiet"]
         producer = spawn(command, env=env, cwd=ROOT)
         load_before = os.getloadavg()[0]
-        report = stream_view(spark, settings, TRENDING, stream_s=args.seconds)
+        report = stream_view(spark, settings, COUNTS, stream_s=args.seconds)
         spark.streams.removeListener(recorder)  # the baseline's progress is not the stream's
         load_after = os.getloadavg()[0]
         producer.terminate()

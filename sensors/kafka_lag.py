@@ -51,7 +51,7 @@ def kafka_lag_sensor(
 ) -> SensorResult | SkipReason:
     config = settings.get()
     checkpoints = speed.checkpoints_of(config)
-    # A continuous views run keeps trending and discovery current: a speed run then lands and
+    # A continuous views run keeps every count view current: a speed run then lands and
     # stitches sessions only (its view steps would merely wait for the stream to pass them).
     streaming = config.speed_stream_s > 0 and job_in_flight(context.instance, STREAM_JOB_NAME)
     if streaming:

@@ -1,4 +1,4 @@
-"""The views-stream sensor: keep one continuous run of trending and discovery going.
+"""The views-stream sensor: keep one continuous run of the counts query (every count view) going.
 
 Only with LAMBDA_ARCH_SPEED_STREAM_S > 0 (`make demo` sets it): each views_stream_job run
 streams for that long and ends, and this sensor starts the next one. A run that failed is
@@ -45,8 +45,8 @@ def seconds_since_failure(context: SensorEvaluationContext) -> float | None:
     minimum_interval_seconds=STREAM_SENSOR_INTERVAL_S,
     default_status=DefaultSensorStatus.RUNNING,
     description=(
-        "With LAMBDA_ARCH_SPEED_STREAM_S > 0, keeps one views_stream_job run going: trending and "
-        "discovery as continuous queries, served after every micro-batch."
+        "With LAMBDA_ARCH_SPEED_STREAM_S > 0, keeps one views_stream_job run going: the counts "
+        "query of every count view as a continuous query, served after every micro-batch."
     ),
 )
 def views_stream_sensor(

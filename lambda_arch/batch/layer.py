@@ -3,7 +3,10 @@ lake's raw history with the same functions the speed layer uses (`lambda_arch.vi
 
 Tables (Hive, Parquet, partitioned by `dt`, next to play_events in the lake's database):
 - `play_events_clean`: the day's valid events, one row per event_id (`transforms.deduplicate`);
-- `trending_batch`, `discovery_batch`: plays per minute bucket of the day, as the speed views;
+- `<view>_batch` for every declared count view (`trending_batch`, `discovery_batch`,
+  `device_mix_batch`, those of LAMBDA_ARCH_VIEWS_FILE): plays per minute bucket of the day, as
+  the speed views (`count_deltas`). A view declared later has no computed days: every complete
+  day is then missing (`missing_days`), so the sensors and `run` compute its whole history;
 - `sessions_batch`: the sessions that *end* on the day (CONTRACT section 3 stitching).
 
 Why sessions belong to the day of their last event: whether a session has ended is known 30
@@ -56,12 +59,13 @@ from lambda_arch.common.storage import hadoop_uri, pyarrow_filesystem
 from lambda_arch.common.times import parse_optional_time
 from lambda_arch.ingest.spark_schema import SPARK_EVENT_COLUMNS
 from lambda_arch.views import spec as views
+from lambda_arch.views.declarations import BUILT_IN, CountView, declared_views
 from lambda_arch.views.transforms import (
+    SESSION_COLUMNS,
     SESSION_GAP,
+    count_deltas,
     deduplicate,
-    discovery_counts,
     stitch_sessions,
-    trending_counts,
 )
 
 if TYPE_CHECKING:
@@ -73,7 +77,17 @@ CLEAN_TABLE = "play_events_clean"
 TRENDING_TABLE = views.TRENDING.batch_table
 DISCOVERY_TABLE = views.DISCOVERY.batch_table
 SESSIONS_TABLE = views.SESSIONS.batch_table
-BATCH_VIEWS = (CLEAN_TABLE, TRENDING_TABLE, DISCOVERY_TABLE, SESSIONS_TABLE)
+
+
+def batch_tables(count_views: Sequence[CountView] = BUILT_IN) -> tuple[str, ...]:
+    """Every batch table, in the order they are computed: clean first (the views read it),
+    each count view's `<view>_batch`, sessions."""
+    counted = [views.spec_of(view).batch_table for view in count_views]
+    return (CLEAN_TABLE, *counted, SESSIONS_TABLE)
+
+
+# The batch tables of the built-in views (a views file adds its views' tables).
+BATCH_VIEWS = batch_tables()
 
 _TYPES = dict(EVENTS_SCHEMA)
 # Clean events keep their Kafka position: it breaks dedup ties and traces a row to its record.
@@ -89,15 +103,34 @@ _VIEW_TYPES: dict[str, str] = {
 }
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     CLEAN_TABLE: CLEAN_COLUMNS,
-    **{view.batch_table: view.columns for view in views.VIEWS.values()},
+    **{views.spec_of(view).batch_table: view.columns for view in BUILT_IN},
+    SESSIONS_TABLE: SESSION_COLUMNS,
 }
 # Sort keys: the order rows are written in, so a rerun writes the same content.
 SORT_KEYS: dict[str, tuple[str, ...]] = {
     CLEAN_TABLE: ("event_time", "event_id"),
-    TRENDING_TABLE: ("minute", "country", "title_id"),
-    DISCOVERY_TABLE: ("minute", "country", "discovery_source"),
     SESSIONS_TABLE: ("member_id", "title_id", "session_start"),
 }
+
+
+def count_view_of(table: str, count_views: Sequence[CountView]) -> CountView | None:
+    """The count view whose batch table `table` is (None: clean or sessions)."""
+    for view in count_views:
+        if views.spec_of(view).batch_table == table:
+            return view
+    return None
+
+
+def table_columns(table: str, count_views: Sequence[CountView] = BUILT_IN) -> tuple[str, ...]:
+    """A batch table's columns (without dt): a count view's are minute, dimensions, plays."""
+    view = count_view_of(table, count_views)
+    return view.columns if view is not None else TABLE_COLUMNS[table]
+
+
+def sort_keys(table: str, count_views: Sequence[CountView] = BUILT_IN) -> tuple[str, ...]:
+    """The order a table's rows are written in: a count view's by minute and dimensions."""
+    view = count_view_of(table, count_views)
+    return ("minute", *view.dimensions) if view is not None else SORT_KEYS[table]
 
 
 class BatchError(RuntimeError):
@@ -141,11 +174,13 @@ def complete_days(start: date, landing_watermark: datetime | None) -> list[date]
 # Tables ------------------------------------------------------------------------------------------
 
 
-def ensure_batch_tables(spark: SparkSession, lake: Lake) -> None:
-    """Create the lake's tables and the four batch tables when missing (SQL: works on Connect)."""
+def ensure_batch_tables(
+    spark: SparkSession, lake: Lake, count_views: Sequence[CountView] = BUILT_IN
+) -> None:
+    """Create the lake's tables and the batch tables when missing (SQL: works on Connect)."""
     lake.ensure_tables(spark)
-    for table in BATCH_VIEWS:
-        columns = [(name, _VIEW_TYPES[name]) for name in TABLE_COLUMNS[table]]
+    for table in batch_tables(count_views):
+        columns = [(name, _VIEW_TYPES[name]) for name in table_columns(table, count_views)]
         # Not RECOVER PARTITIONS: it would point each day at dt=D, every version inside.
         created = lake.create_table(
             spark, table, [*columns, ("dt", "string")], [("dt", "string")], recover=False
@@ -220,7 +255,13 @@ def _deduplicated_raw(
     return deduplicate(raw.select(*CLEAN_COLUMNS, "dt"), by=["dt"])
 
 
-def range_frame(spark: SparkSession, lake: Lake, table: str, days: Sequence[date]) -> DataFrame:
+def range_frame(
+    spark: SparkSession,
+    lake: Lake,
+    table: str,
+    days: Sequence[date],
+    count_views: Sequence[CountView] = BUILT_IN,
+) -> DataFrame:
     """One batch table's rows for all `days`, with their `dt` (lazy). The views read the days'
     play_events_clean partitions, so those must be computed first (the asset graph does)."""
     from pyspark.sql import functions as F
@@ -228,10 +269,10 @@ def range_frame(spark: SparkSession, lake: Lake, table: str, days: Sequence[date
     if table == CLEAN_TABLE:
         return _deduplicated_raw(spark, lake, days)
     clean = read_batch_view(spark, lake, CLEAN_TABLE, days).select(*CLEAN_COLUMNS, "dt")
-    if table in (TRENDING_TABLE, DISCOVERY_TABLE):
-        counts = trending_counts if table == TRENDING_TABLE else discovery_counts
+    view = count_view_of(table, count_views)
+    if view is not None:
         # A minute lies in one day: its dt is the UTC date of the minute, as the event's is.
-        return counts(clean).withColumn("dt", utc_date(F.col("minute")))
+        return count_deltas(clean, view).withColumn("dt", utc_date(F.col("minute")))
     return _sessions_frame(spark, lake, clean, days)
 
 
@@ -302,15 +343,17 @@ def day_location(lake: Lake, table: str, day: date, version: str | None) -> str:
     return f"{base}/{version_folder(version)}" if version else base
 
 
-def _output_rows(table: str, frame: DataFrame, version: str) -> DataFrame:
+def _output_rows(
+    table: str, frame: DataFrame, version: str, count_views: Sequence[CountView] = BUILT_IN
+) -> DataFrame:
     """The rows to write: the table's columns and types, `dt` and the version, one task per
     day, sorted (same input, same content). The cast runs in the writing tasks."""
     from pyspark.sql import functions as F
 
-    columns = TABLE_COLUMNS[table]
+    columns = table_columns(table, count_views)
     return (
         frame.repartition("dt")
-        .sortWithinPartitions("dt", *SORT_KEYS[table])
+        .sortWithinPartitions("dt", *sort_keys(table, count_views))
         .select(
             *[F.col(c).cast(_VIEW_TYPES[c]).alias(c) for c in columns],
             F.col("dt"),
@@ -320,14 +363,19 @@ def _output_rows(table: str, frame: DataFrame, version: str) -> DataFrame:
 
 
 def _write_aside(
-    spark: SparkSession, lake: Lake, table: str, frame: DataFrame, version: str
+    spark: SparkSession,
+    lake: Lake,
+    table: str,
+    frame: DataFrame,
+    version: str,
+    count_views: Sequence[CountView] = BUILT_IN,
 ) -> None:
     """Write every day of frame to dt=D/v=<version>, next to the day's current rows.
 
     Dynamic partition overwrite replaces only the (new, empty) dt/v folders it writes and
     stages under a folder named after its job, so nothing readable is touched until the swap.
     """
-    _output_rows(table, frame, version).write.mode("overwrite").option(
+    _output_rows(table, frame, version, count_views).write.mode("overwrite").option(
         "partitionOverwriteMode", "dynamic"
     ).partitionBy("dt", VERSION_COLUMN).parquet(hadoop_uri(lake.location(table)))
 
@@ -404,7 +452,11 @@ def _drop_replaced(lake: Lake, table: str, results: Sequence[DayResult]) -> None
 
 
 def compute_range(
-    spark: SparkSession, lake: Lake, days: Sequence[date], table: str
+    spark: SparkSession,
+    lake: Lake,
+    days: Sequence[date],
+    table: str,
+    count_views: Sequence[CountView] = BUILT_IN,
 ) -> list[DayResult]:
     """Recompute one table for `days` in one Spark job, atomically per day.
 
@@ -420,7 +472,8 @@ def compute_range(
     # Measured before reading: data landing meanwhile makes the day stale, never silently lost.
     signatures = {day: day_signature(lake, day) for day in ordered}
     version = new_version()
-    _write_aside(spark, lake, table, range_frame(spark, lake, table, ordered), version)
+    frame = range_frame(spark, lake, table, ordered, count_views)
+    _write_aside(spark, lake, table, frame, version, count_views)
     listing = _table_listing(lake, table)
     filesystem, _ = pyarrow_filesystem(lake.location(table))
     per_day = (time.monotonic() - started) / len(ordered)
@@ -442,27 +495,37 @@ def _is_local_filesystem(filesystem: pafs.FileSystem) -> bool:
 
 
 def compute_day(
-    spark: SparkSession, lake: Lake, day: date, tables: Sequence[str] = BATCH_VIEWS
+    spark: SparkSession,
+    lake: Lake,
+    day: date,
+    tables: Sequence[str] | None = None,
+    count_views: Sequence[CountView] = BUILT_IN,
 ) -> list[DayResult]:
-    """Recompute `tables` for one day (compute_tables of a one-day range)."""
-    return compute_tables(spark, lake, [day], tables)
+    """Recompute `tables` (default: every one) for one day (compute_tables of a one-day range)."""
+    return compute_tables(spark, lake, [day], tables, count_views)
 
 
 def compute_tables(
-    spark: SparkSession, lake: Lake, days: Sequence[date], tables: Sequence[str] = BATCH_VIEWS
+    spark: SparkSession,
+    lake: Lake,
+    days: Sequence[date],
+    tables: Sequence[str] | None = None,
+    count_views: Sequence[CountView] = BUILT_IN,
 ) -> list[DayResult]:
     """Recompute `tables` for `days` from the raw history and record each day's state.
 
     Takes no lock: runs that may overlap write through write_days (or compute_days), which
     hold the lake's batch-writer lock; this is for a caller that owns the lake alone (a test
-    or benchmark lake of its own)."""
-    unknown = sorted(set(tables) - set(BATCH_VIEWS))
+    or benchmark lake of its own). `count_views`: the declared count views (their tables)."""
+    known = batch_tables(count_views)
+    tables = known if tables is None else tables
+    unknown = sorted(set(tables) - set(known))
     if unknown:
-        raise BatchError(f"unknown batch tables {unknown}; expected some of {list(BATCH_VIEWS)}")
-    ensure_batch_tables(spark, lake)
+        raise BatchError(f"unknown batch tables {unknown}; expected some of {list(known)}")
+    ensure_batch_tables(spark, lake, count_views)
     results = []
-    for table in sorted(tables, key=BATCH_VIEWS.index):  # clean first: the views read it
-        results += compute_range(spark, lake, days, table)
+    for table in sorted(tables, key=known.index):  # clean first: the views read it
+        results += compute_range(spark, lake, days, table, count_views)
     return results
 
 
@@ -470,15 +533,25 @@ def compute_days(
     spark: SparkSession,
     lake: Lake,
     days: Sequence[date],
-    tables: Sequence[str] = BATCH_VIEWS,
+    tables: Sequence[str] | None = None,
     *,
     lock_dir: Path,
     owner: str = "",
     log: Callable[[str], None] | None = None,
+    count_views: Sequence[CountView] = BUILT_IN,
 ) -> list[DayResult]:
     """compute_tables for the days (a backfill of a range: one Spark job per table), under the
     lake's batch-writer lock (see write_days)."""
-    return write_days(spark, lake, days, tables, lock_dir=lock_dir, owner=owner, log=log).results
+    return write_days(
+        spark,
+        lake,
+        days,
+        tables,
+        lock_dir=lock_dir,
+        owner=owner,
+        log=log,
+        count_views=count_views,
+    ).results
 
 
 # One writer at a time -----------------------------------------------------------------------------
@@ -512,12 +585,13 @@ def write_days(
     spark: SparkSession,
     lake: Lake,
     days: Sequence[date],
-    tables: Sequence[str] = BATCH_VIEWS,
+    tables: Sequence[str] | None = None,
     *,
     lock_dir: Path,
     owner: str = "",
     log: Callable[[str], None] | None = None,
     lock_timeout_s: float = BATCH_LOCK_TIMEOUT_S,
+    count_views: Sequence[CountView] = BUILT_IN,
 ) -> BatchWrite:
     """Recompute `tables` for `days` holding the lake's batch-writer lock for the whole write.
 
@@ -539,7 +613,7 @@ def write_days(
         with file_lock(path, timeout_s=lock_timeout_s, owner=owner, on_wait=waiting) as hold:
             if hold.waited_for and log is not None:
                 log(f"waited {hold.waited_s:.1f} s for the batch-writer lock ({hold.waited_for})")
-            results = compute_tables(spark, lake, days, tables)
+            results = compute_tables(spark, lake, days, tables, count_views)
     except LockBusyError as busy:
         raise BatchError(
             f"batch tables of {lake.database} stayed locked by {busy.holder} for "
@@ -660,11 +734,14 @@ def day_signature(lake: Lake, day: date) -> dict[str, int]:
     }
 
 
-def stale_days(lake: Lake, days: Iterable[date]) -> list[date]:
+def stale_days(
+    lake: Lake, days: Iterable[date], count_views: Sequence[CountView] = BUILT_IN
+) -> list[date]:
     """Days already computed whose raw input changed since (late events): to recompute."""
     stale = []
+    tables = batch_tables(count_views)
     for day in days:
-        states = [read_day_state(lake, table, day) for table in BATCH_VIEWS]
+        states = [read_day_state(lake, table, day) for table in tables]
         if any(state is None for state in states):
             continue  # never (fully) computed: missing, not stale
         signature = day_signature(lake, day)
@@ -673,20 +750,24 @@ def stale_days(lake: Lake, days: Iterable[date]) -> list[date]:
     return stale
 
 
-def missing_days(lake: Lake, days: Iterable[date]) -> list[date]:
-    """Days some batch table has never been computed for."""
+def missing_days(
+    lake: Lake, days: Iterable[date], count_views: Sequence[CountView] = BUILT_IN
+) -> list[date]:
+    """Days some batch table has never been computed for (every complete day, for the table of
+    a count view declared later)."""
+    tables = batch_tables(count_views)
     return [
-        day
-        for day in days
-        if any(read_day_state(lake, table, day) is None for table in BATCH_VIEWS)
+        day for day in days if any(read_day_state(lake, table, day) is None for table in tables)
     ]
 
 
-def batch_watermark(lake: Lake, start: date, until: date) -> datetime | None:
+def batch_watermark(
+    lake: Lake, start: date, until: date, count_views: Sequence[CountView] = BUILT_IN
+) -> datetime | None:
     """End of the last day of the contiguous run of computed, fresh days from `start`."""
     last = None
     for day in days_between(start, until):
-        if missing_days(lake, [day]) or stale_days(lake, [day]):
+        if missing_days(lake, [day], count_views) or stale_days(lake, [day], count_views):
             break
         last = day
     return day_end(last) if last else None
@@ -732,14 +813,17 @@ def plan(settings: Settings, lake: Lake | None = None) -> BatchPlan:
     """What the day-complete and stale-partition sensors (and `lambda-arch run`) should run.
 
     Days before the first day with landed events hold nothing and are skipped, so a start
-    date long before the traffic does not mean hundreds of empty runs.
+    date long before the traffic does not mean hundreds of empty runs. Every declared count
+    view counts (`settings.views_file`; a bad file raises ViewDeclarationError naming it): a
+    view declared later makes every complete day missing until its table is computed.
     """
+    count_views = declared_views(settings.views_file)
     lake = lake or Lake.from_settings(settings)
     watermark = landing_watermark(settings)
     first = first_landed_day(lake)
     if first is None:
         return BatchPlan(watermark, [], [], [])
     complete = complete_days(max(settings.start_date, first), watermark)
-    missing = missing_days(lake, complete)
+    missing = missing_days(lake, complete, count_views)
     computed = [day for day in complete if day not in missing]
-    return BatchPlan(watermark, complete, missing, stale_days(lake, computed))
+    return BatchPlan(watermark, complete, missing, stale_days(lake, computed, count_views))

@@ -22,12 +22,13 @@ to the driver, so every frame is bounded before `toPandas()`:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from lambda_arch.ingest.schema import COUNTRIES, DEVICES, DISCOVERY_SOURCES, EVENT_TYPES
+from lambda_arch.views.declarations import DIMENSION_TYPES, CountView
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -217,14 +218,51 @@ def clean_expectations() -> list[Any]:
 def _count_rules(keys: Sequence[str], plays_min: int = 1) -> list[Any]:
     import great_expectations.expectations as gxe
 
-    return [
+    rules = [
         *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in (*keys, "plays")],
         # A bucket exists because something was counted: plays >= 1 (never negative or zero).
         gxe.ExpectColumnValuesToBeBetween(column="plays", min_value=plays_min),
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["dt", *keys]),
-        gxe.ExpectColumnValuesToBeInSet(column="country", value_set=sorted(COUNTRIES)),
         gxe.ExpectColumnPairValuesToBeEqual(column_A="dt", column_B=DAY_COLUMN),
     ]
+    if "country" in keys:
+        rules.append(gxe.ExpectColumnValuesToBeInSet(column="country", value_set=sorted(COUNTRIES)))
+    return rules
+
+
+# What each event field a count view may count by holds (CONTRACT section 2).
+_DIMENSION_SETS: dict[str, Sequence[str]] = {
+    "country": sorted(COUNTRIES),
+    "device": list(DEVICES),
+    "discovery_source": list(DISCOVERY_SOURCES),
+    "event_type": list(EVENT_TYPES),
+}
+
+
+def view_schema(view: CountView) -> tuple[tuple[str, str], ...]:
+    """A count view's batch table schema: minute, its dimensions, plays, dt."""
+    dims = tuple((d, DIMENSION_TYPES[d]) for d in view.dimensions)
+    return (("minute", "timestamp"), *dims, ("plays", "bigint"), ("dt", "string"))
+
+
+def view_expectations(view: CountView) -> Callable[[], list[Any]]:
+    """A count view's batch rules: one row per (minute, dimensions), plays >= 1, minute in
+    its day, each dimension within its field's values (ids >= 0, known enums)."""
+
+    def build() -> list[Any]:
+        import great_expectations.expectations as gxe
+
+        rules = _count_rules(("minute", *view.dimensions))
+        for dim in view.dimensions:
+            if dim in ("title_id", "member_id"):
+                rules.append(gxe.ExpectColumnValuesToBeBetween(column=dim, min_value=0))
+            elif dim in _DIMENSION_SETS and dim != "country":
+                rules.append(
+                    gxe.ExpectColumnValuesToBeInSet(column=dim, value_set=_DIMENSION_SETS[dim])
+                )
+        return rules
+
+    return build
 
 
 def trending_expectations() -> list[Any]:
@@ -456,14 +494,19 @@ def duplicates_outcome(
     return outcome, rows
 
 
-def share_outcome(frame: pd.DataFrame, decimals: int = SHARE_DECIMALS) -> Outcome:
-    """Discovery shares per (dt, minute, country) sum to 1 within rounding.
+def share_outcome(
+    frame: pd.DataFrame,
+    decimals: int = SHARE_DECIMALS,
+    filters: Sequence[str] = ("country",),
+) -> Outcome:
+    """Shares per (dt, minute, filter dimensions) sum to 1 within rounding (discovery's
+    filters: country).
 
     share = round(plays / total, 4) per source; each rounding moves a share by at most half a
     unit of the last decimal, so the sum may miss 1 by n_sources * 0.00005 (plus float noise).
     A bucket with a NULL, zero or negative count breaks it.
     """
-    keys = ["dt", "minute", "country"]
+    keys = ["dt", "minute", *filters]
     if frame.empty:
         return Outcome("expect_discovery_shares_to_sum_to_one", "plays", True)
     plays = frame["plays"].astype("float64")
@@ -480,7 +523,9 @@ def share_outcome(frame: pd.DataFrame, decimals: int = SHARE_DECIMALS) -> Outcom
         success=bad.empty,
         unexpected_count=len(bad),
         unexpected_percent=100.0 * len(bad) / max(len(sums), 1),
-        examples=tuple(f"{k[1]} {k[2]}: {v}" for k, v in list(bad.items())[:EXAMPLE_VALUES]),
+        examples=tuple(
+            f"{' '.join(str(x) for x in k[1:])}: {v}" for k, v in list(bad.items())[:EXAMPLE_VALUES]
+        ),
     )
 
 
@@ -506,6 +551,7 @@ def ratio(part: int, whole: int) -> float:
 # The lambda invariant: speed counts against batch counts ----------------------------------------
 
 BUCKET_KEYS: tuple[str, ...] = ("minute", "country", "title_id")
+_TOTALS = ("batch", "speed", "diff")
 
 
 @dataclass(frozen=True)
@@ -551,7 +597,8 @@ class Reconciliation:
         )
 
     def offenders_markdown(self) -> str:
-        columns = [*BUCKET_KEYS, "batch", "speed", "diff"]
+        keys = list(self.offenders[0]) if self.offenders else [*BUCKET_KEYS]
+        columns = [*[k for k in keys if k not in _TOTALS], *_TOTALS]
         return markdown(list(self.offenders), columns) if self.offenders else "_no differences_"
 
 
@@ -600,11 +647,15 @@ def covered_spans(
 
 
 def bucket_differences(
-    batch: DataFrame, speed: DataFrame, ranges: Sequence[tuple[datetime, datetime]]
+    batch: DataFrame,
+    speed: DataFrame,
+    ranges: Sequence[tuple[datetime, datetime]],
+    keys: Sequence[str] = BUCKET_KEYS,
 ) -> DataFrame:
-    """Per bucket of the covered ranges: minute, country, title_id, batch, speed, diff.
+    """Per bucket of the covered ranges: the bucket's `keys` (a count view's minute and
+    dimensions; trending's by default), batch, speed, diff.
 
-    `batch` and `speed` have the trending columns (minute, country, title_id, plays). The ranges
+    `batch` and `speed` have the view's columns (keys, plays). The ranges
     are a small table joined on the bucket's UTC day, not one condition per range: an OR of a
     condition per day nests deeper with every day, and Spark Connect refuses a plan nested
     deeper than its protobuf limit (a 215-day backfill failed so).
@@ -614,11 +665,9 @@ def bucket_differences(
     spark = batch.sparkSession
     pieces = covered_spans(ranges)
     if not pieces:
-        return spark.createDataFrame(
-            [],
-            "minute timestamp, country string, title_id bigint, batch bigint, speed bigint, "
-            "diff bigint",
-        )
+        fields = batch.select(*keys).schema.fields
+        typed = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in fields)
+        return spark.createDataFrame([], f"{typed}, batch bigint, speed bigint, diff bigint")
     covered = spark.createDataFrame(pieces, "__day string, __start timestamp, __end timestamp")
 
     def plays(frame: DataFrame, alias: str) -> DataFrame:
@@ -629,11 +678,11 @@ def bucket_differences(
             .where((F.col("minute") >= F.col("__start")) & (F.col("minute") < F.col("__end")))
         )
         # Summed per bucket: a table may hold a bucket in more than one row (speed deltas).
-        return inside.groupBy(*BUCKET_KEYS).agg(F.sum("plays").cast("bigint").alias(alias))
+        return inside.groupBy(*keys).agg(F.sum("plays").cast("bigint").alias(alias))
 
-    joined = plays(batch, "batch").join(plays(speed, "speed"), list(BUCKET_KEYS), "full_outer")
+    joined = plays(batch, "batch").join(plays(speed, "speed"), list(keys), "full_outer")
     return joined.select(
-        *BUCKET_KEYS,
+        *keys,
         F.coalesce("batch", F.lit(0)).alias("batch"),
         F.coalesce("speed", F.lit(0)).alias("speed"),
         (F.coalesce("batch", F.lit(0)) - F.coalesce("speed", F.lit(0))).alias("diff"),
@@ -662,7 +711,8 @@ def reconcile(
     ).first()
     offenders: list[dict[str, Any]] = []
     if totals and totals["differing"]:
-        rows = differences.where(diff != 0).orderBy(F.desc(F.abs(diff)), *BUCKET_KEYS).limit(top)
+        keys = [c for c in differences.columns if c not in _TOTALS]
+        rows = differences.where(diff != 0).orderBy(F.desc(F.abs(diff)), *keys).limit(top)
         offenders = [row.asDict() for row in rows.collect()]
     return Reconciliation(
         buckets=int(totals["buckets"]) if totals else 0,

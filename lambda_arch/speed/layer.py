@@ -1,17 +1,29 @@
-"""The speed layer: Kafka -> parse -> valid -> watermark -> dedup -> views, one query per view.
+"""The speed layer: Kafka -> parse -> valid -> watermark -> dedup -> views.
+
+One query, `counts`, counts every declared count view (`declared_views`): its foreachBatch
+caches the deduplicated micro-batch once and writes each view's `count_deltas` into that view's
+table, so a view added adds no Kafka read and no streaming query. Sessions and the raw landing
+are queries of their own.
 
 Every query reads the topic through `lambda_kafka` with admission control
 (`maxEventsPerBatch`), has its own checkpoint `settings.checkpoints_dir/<name>` and runs with
 `trigger(availableNow=True)` through `lambda_arch.speed.streaming.run_available_now`.
 
 Tables under the speed root (`SpeedPaths`, by default `<warehouse>/speed`):
-- `trending_speed/batch_id=<N>/`, `discovery_speed/batch_id=<N>/`: the counts each micro-batch
-  adds (deltas). The view is their sum (`read_trending_speed`, `read_discovery_speed`). A batch
-  retried after a crash rewrites its own folder (mode overwrite) from the same offsets and the
-  same dedup state, so its deltas are counted exactly once.
+- `<view>_speed/batch_id=<N>/` for every count view (`trending_speed`, `discovery_speed`,
+  `device_mix_speed`, ...): the counts micro-batch N of the counts query adds (deltas). The view
+  is their sum (`read_view_speed`). A batch retried after a crash rewrites its folders (mode
+  overwrite) from the same offsets and the same dedup state, so its deltas are counted exactly
+  once. A view declared after the query ran gets one folder for what the query read before
+  (`lambda_arch.speed.counts`).
 - `sessions_speed/batch_id=<N>/`: sessions closed in batch N (append mode emits each once).
 - `_state/<name>.json`: max event time, watermark and offsets after the last run, for the
-  serving layer and `status` without Spark (`read_speed_state`).
+  serving layer and `status` without Spark (`read_speed_state`): one per query, and one per
+  count view (`<view>_speed`, the counts query's state). `_state/counts_views.json`: the views
+  the counts query writes.
+
+Checkpoints: `settings.checkpoints_dir/<query>`; every count view's name (`<view>_speed`)
+resolves to the counts query's (`checkpoint_of`).
 
 `run_landing` is the raw landing query of the same kind (every record into the lake's
 play_events and play_events_quarantine through `lambda_arch.batch.lake.write_landing_batch`).
@@ -51,6 +63,7 @@ from lambda_arch.ingest.source_offsets import (
     pending_data_loss,
 )
 from lambda_arch.ingest.spark_schema import QUARANTINE_REASON_COLUMN, parse_events
+from lambda_arch.speed import counts as registry
 from lambda_arch.speed.streaming import (
     CheckpointBusyError,
     StreamReport,
@@ -58,15 +71,14 @@ from lambda_arch.speed.streaming import (
     run_available_now,
     run_stream,
 )
-from lambda_arch.views import spec as views
+from lambda_arch.views import declarations
+from lambda_arch.views import spec as view_specs
+from lambda_arch.views.declarations import CountView, declared_views
 from lambda_arch.views.transforms import (
-    DISCOVERY_SCHEMA,
     SESSION_COLUMNS,
     SESSION_SCHEMA,
-    TRENDING_SCHEMA,
-    discovery_counts,
+    count_deltas,
     stitch_sessions,
-    trending_counts,
     valid_events,
 )
 
@@ -77,16 +89,20 @@ if TYPE_CHECKING:
 
     from lambda_arch.batch.lake import Lake
 
-# Query names of the views (each also names its table and state file), from their specs.
-TRENDING = views.TRENDING.speed_query
-DISCOVERY = views.DISCOVERY.speed_query
-SESSIONS = views.SESSIONS.speed_query
+# Table and state-file names of the built-in count views, from their specs.
+TRENDING = view_specs.TRENDING.speed_query
+DISCOVERY = view_specs.DISCOVERY.speed_query
+SESSIONS = view_specs.SESSIONS.speed_query
 LANDING = "landing"
+# The one query of every count view: its checkpoint and state file.
+COUNTS = "counts"
 # Every checkpointed query of the speed layer, landing first (as a speed run runs them).
-QUERIES = (LANDING, TRENDING, DISCOVERY, SESSIONS)
-# The count views, by query name: what `stream_view` can run as a continuous query.
-STREAMED_VIEWS = {TRENDING: trending_counts, DISCOVERY: discovery_counts}
+QUERIES = (LANDING, COUNTS, SESSIONS)
+# The queries a continuous views run (`stream_counts`) runs.
+STREAMED_VIEWS = (COUNTS,)
 STATE_DIR = "_state"
+# Checkpoints of the per-view count queries of older versions (before the counts query).
+OLD_COUNT_CHECKPOINTS = (TRENDING, DISCOVERY)
 
 log = logging.getLogger("lambda_arch.speed.layer")
 
@@ -102,15 +118,8 @@ SPARK_WATERMARK_MARGIN = timedelta(milliseconds=1)
 # dedup -> session_window chain (dedup passes rows through unchanged, so one global watermark
 # is correct for both operators). Spark reads it when a query starts.
 SPEED_SESSION_CONF: dict[str, str] = {"spark.sql.streaming.statefulOperator.allowMultiple": "false"}
-# The event columns trending_counts and discovery_counts read (plus event_id for the dedup).
-VIEW_INPUT_COLUMNS = (
-    "event_id",
-    "event_type",
-    "event_time",
-    "country",
-    "title_id",
-    "discovery_source",
-)
+# The event columns every count view reads (plus its dimensions, `input_columns`).
+VIEW_INPUT_COLUMNS = ("event_id", "event_type", "event_time")
 OBSERVATION = "input"  # df.observe name: records read and quarantined per batch
 
 
@@ -140,6 +149,10 @@ def _root(paths: SpeedPaths | str) -> SpeedPaths:
 
 
 def checkpoint_of(settings: Settings, name: str) -> str:
+    """A query's checkpoint folder; a count view's table name (`<view>_speed`) names the
+    counts query's, which writes it."""
+    if name != SESSIONS and name.endswith("_speed"):
+        name = COUNTS
     return str(settings.checkpoints_dir / name)
 
 
@@ -156,9 +169,17 @@ def lock_dir_of(settings: Settings) -> Path:
 # them to the server; they use the DataFrame API only.
 
 
-def write_view_batch(view: Any, table: str, batch_df: DataFrame, batch_id: int) -> None:
-    """foreachBatch: one micro-batch's deltas of a view into `<table>/batch_id=<N>/`."""
-    write_batch(table, view(batch_df), batch_id)
+def write_counts_batch(
+    targets: tuple[tuple[CountView, str], ...], batch_df: DataFrame, batch_id: int
+) -> None:
+    """foreachBatch: the micro-batch's deltas of every count view, each into its
+    `<table>/batch_id=<N>/`. The deduplicated batch is cached once and counted per view."""
+    batch_df.persist()
+    try:
+        for view, table in targets:
+            write_batch(table, count_deltas(batch_df, view), batch_id)
+    finally:
+        batch_df.unpersist()
 
 
 def write_batch(table: str, batch_df: DataFrame, batch_id: int) -> None:
@@ -212,6 +233,47 @@ def speed_events(
     ).dropDuplicatesWithinWatermark(["event_id"])
 
 
+def count_views(settings: Settings) -> tuple[CountView, ...]:
+    """The count views the counts query writes: the built-in and the declared ones
+    (ViewDeclarationError naming the views file and the view when the file is bad)."""
+    return declared_views(settings.views_file)
+
+
+def input_columns(views: Sequence[CountView]) -> tuple[str, ...]:
+    """The event columns the counts query keeps: what the views count by, and the dedup's."""
+    return tuple(dict.fromkeys([*VIEW_INPUT_COLUMNS, *(d for v in views for d in v.dimensions)]))
+
+
+def run_counts_speed(
+    spark: SparkSession,
+    settings: Settings,
+    paths: SpeedPaths | None = None,
+    *,
+    views: Sequence[CountView] | None = None,
+    timeout_s: float | None = None,
+    lock_timeout_s: float = 300.0,
+) -> StreamReport:
+    """Catch every count view's deltas up with the topic (availableNow) in one query.
+
+    `views` defaults to `count_views(settings)`. A view new to the query is filled first from
+    the lake (`lambda_arch.speed.counts`). Returns the run's report (name `counts`)."""
+    paths = paths or SpeedPaths.from_settings(settings)
+    chosen = tuple(views) if views is not None else count_views(settings)
+    writer, checkpoint, prepare = _counts_writer(spark, settings, paths, chosen)
+    return _run(
+        spark,
+        settings,
+        paths,
+        COUNTS,
+        writer,
+        checkpoint,
+        timeout_s,
+        lock_timeout_s,
+        before_start=prepare,
+        views=chosen,
+    )
+
+
 def run_trending_speed(
     spark: SparkSession,
     settings: Settings,
@@ -220,8 +282,10 @@ def run_trending_speed(
     timeout_s: float | None = None,
     lock_timeout_s: float = 300.0,
 ) -> StreamReport:
-    """Catch the trending deltas up with the topic (availableNow); returns the run's report."""
-    return _run_view(spark, settings, paths, TRENDING, trending_counts, timeout_s, lock_timeout_s)
+    """The counts query (every count view, trending included): `run_counts_speed`."""
+    return run_counts_speed(
+        spark, settings, paths, timeout_s=timeout_s, lock_timeout_s=lock_timeout_s
+    )
 
 
 def run_discovery_speed(
@@ -232,8 +296,10 @@ def run_discovery_speed(
     timeout_s: float | None = None,
     lock_timeout_s: float = 300.0,
 ) -> StreamReport:
-    """Catch the discovery deltas up with the topic (availableNow); returns the run's report."""
-    return _run_view(spark, settings, paths, DISCOVERY, discovery_counts, timeout_s, lock_timeout_s)
+    """The counts query (every count view, discovery included): `run_counts_speed`."""
+    return run_counts_speed(
+        spark, settings, paths, timeout_s=timeout_s, lock_timeout_s=lock_timeout_s
+    )
 
 
 def run_sessions_speed(
@@ -261,34 +327,154 @@ def run_sessions_speed(
     return _run(spark, settings, paths, SESSIONS, writer, checkpoint, timeout_s, lock_timeout_s)
 
 
-def _run_view(
-    spark: SparkSession,
-    settings: Settings,
-    paths: SpeedPaths | None,
-    name: str,
-    view: Any,
-    timeout_s: float | None,
-    lock_timeout_s: float,
-) -> StreamReport:
-    paths = paths or SpeedPaths.from_settings(settings)
-    writer, checkpoint = _view_writer(spark, settings, paths, name, view)
-    return _run(spark, settings, paths, name, writer, checkpoint, timeout_s, lock_timeout_s)
-
-
-def _view_writer(
-    spark: SparkSession, settings: Settings, paths: SpeedPaths, name: str, view: Any
-) -> tuple[Any, str]:
-    table = paths.table(name)
-    checkpoint = checkpoint_of(settings, name)
-    _check_fresh(checkpoint, table)
-    # The view is applied to each deduplicated micro-batch (stateless per batch): its output
+def _counts_writer(
+    spark: SparkSession, settings: Settings, paths: SpeedPaths, views: Sequence[CountView]
+) -> tuple[Any, str, Callable[[], None]]:
+    checkpoint = checkpoint_of(settings, COUNTS)
+    _check_old_checkpoints(settings, paths)
+    for view in views:
+        _check_fresh(checkpoint, paths.table(view_specs.spec_of(view).speed_query))
+    targets = tuple(
+        (view, hadoop_uri(paths.table(view_specs.spec_of(view).speed_query))) for view in views
+    )
+    # Each view is applied to each deduplicated micro-batch (stateless per batch): its output
     # is that batch's deltas, and the sum over batches is the view.
     writer = (
-        speed_events(spark, settings, VIEW_INPUT_COLUMNS)
+        speed_events(spark, settings, input_columns(views))
         .writeStream.outputMode("append")
-        .foreachBatch(partial(write_view_batch, view, hadoop_uri(table)))
+        .foreachBatch(partial(write_counts_batch, targets))
     )
-    return writer, checkpoint
+    return writer, checkpoint, partial(_prepare_views, spark, settings, paths, views)
+
+
+def _prepare_views(
+    spark: SparkSession, settings: Settings, paths: SpeedPaths, views: Sequence[CountView]
+) -> None:
+    """Under the counts checkpoint's lock, before its query starts: fill every view new to
+    the query from the lake (lambda_arch.speed.counts) and record the views it writes."""
+    checkpoint = checkpoint_of(settings, COUNTS)
+    state_file = paths.state_file(registry.REGISTRY)
+    known = registry.read_registry(state_file)
+    latest = _latest_commit(checkpoint)
+    if latest is None:
+        # Nothing counted yet: every view starts with the query's first micro-batch.
+        registry.write_registry(state_file, {view.name: -1 for view in views})
+        return
+    declared = {view.name for view in views}
+    kept = {name: first for name, first in known.items() if name in declared}
+    added = registry.new_views(views, known)
+    if added:
+        offsets = checkpoint_offsets(checkpoint) or {}
+        _require_landed(spark, settings, offsets)
+        from lambda_arch.batch import lake as lake_module
+
+        lake = lake_module.Lake.from_settings(settings)
+        lake.ensure_tables(spark)
+        for view in added:
+            table = paths.table(view_specs.spec_of(view).speed_query)
+            _remove_batches(table)  # left by an earlier declaration of the same name
+            deltas = registry.fill_deltas(spark, lake, view, offsets)
+            write_batch(hadoop_uri(table), deltas, latest)
+            kept[view.name] = latest
+            log.info(
+                "%s: filled from the lake below offsets %s as batch %d", view.name, offsets, latest
+            )
+    if kept != known:
+        registry.write_registry(state_file, kept)
+
+
+def _latest_commit(checkpoint: str) -> int | None:
+    """The newest micro-batch id in a (local) checkpoint's commit log; None: none committed."""
+    commits = local_path(checkpoint) / "commits"
+    if not commits.is_dir():
+        return None
+    return max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=None)
+
+
+def _require_landed(spark: SparkSession, settings: Settings, offsets: Mapping[int, int]) -> None:
+    """A fill reads the lake: the landing must have landed what the counts query read. When
+    it has not (the speed job counts before it lands; a continuous counts query runs ahead of
+    the landing), the landing is caught up first (its own checkpoint and lock)."""
+    landed = checkpoint_offsets(checkpoint_of(settings, LANDING))
+    if registry.landing_gap(landed, offsets):
+        log.info("a new count view is filled from the lake: landing first")
+        run_landing(spark, settings)
+        landed = checkpoint_offsets(checkpoint_of(settings, LANDING))
+    gap = registry.landing_gap(landed, offsets)
+    if gap:
+        raise SpeedStateError(
+            "a new count view is filled from the lake, but the landing is behind the counts "
+            f"query (partition: (landed, counted) {gap}): run the landing first"
+        )
+
+
+def _remove_batches(table: str) -> None:
+    from pyarrow import fs
+
+    filesystem, path = pyarrow_filesystem(table)
+    if filesystem.get_file_info(path).type == fs.FileType.Directory:
+        filesystem.delete_dir_contents(path)
+
+
+def _check_old_checkpoints(settings: Settings, paths: SpeedPaths) -> None:
+    """Refuse a home whose count views were written by the per-view queries of older versions
+    while the counts query has not run: its batch ids would collide with theirs."""
+    if (local_path(checkpoint_of(settings, COUNTS)) / "offsets").is_dir():
+        return
+    old = [n for n in OLD_COUNT_CHECKPOINTS if (settings.checkpoints_dir / n / "offsets").is_dir()]
+    if old:
+        folders = [str(settings.checkpoints_dir / n) for n in old] + [paths.table(n) for n in old]
+        raise SpeedStateError(
+            "this home's count views were written by the per-view speed queries of an older "
+            f"version ({', '.join(old)}); the counts query replaces them. Remove "
+            f"{', '.join(folders)} and their state files in {paths.root}/{STATE_DIR} (the "
+            "counts query then recounts the topic), and refresh the serving store from scratch"
+        )
+
+
+def stream_counts(
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    stream_s: float,
+    on_batch: Callable[[StreamReport], None] | None = None,
+    stop_early: Callable[[], bool] | None = None,
+    paths: SpeedPaths | None = None,
+    lock_timeout_s: float = 300.0,
+    views: Sequence[CountView] | None = None,
+) -> StreamReport:
+    """Run the counts query (every count view) as a continuous query for about `stream_s`
+    seconds (or until `stop_early()`), a micro-batch every `settings.speed_trigger_s` seconds.
+
+    Same checkpoint, tables and semantics as its availableNow run (the two take turns on the
+    checkpoint's lock). After each micro-batch the state files are saved, then `on_batch` gets
+    that batch's report (e.g. to refresh the serving store).
+    """
+    paths = paths or SpeedPaths.from_settings(settings)
+    chosen = tuple(views) if views is not None else count_views(settings)
+    writer, checkpoint, prepare = _counts_writer(spark, settings, paths, chosen)
+
+    def publish(batch: StreamReport) -> None:
+        state = _save_counts_state(paths, settings, batch, chosen)
+        if on_batch is not None:
+            on_batch(replace(batch, watermark=parse_optional_time(state.get("watermark"))))
+
+    report = run_stream(
+        COUNTS,
+        writer,
+        checkpoint,
+        lock_dir=lock_dir_of(settings),
+        stream_s=stream_s,
+        trigger_s=settings.speed_trigger_s,
+        on_batch=publish,
+        stop_early=stop_early,
+        lock_timeout_s=lock_timeout_s,
+        spark=spark,
+        session_conf=SPEED_SESSION_CONF,
+        before_start=prepare,
+    )
+    state = read_speed_state(paths, COUNTS) or {}
+    return replace(report, watermark=parse_optional_time(state.get("watermark")))
 
 
 def stream_view(
@@ -302,37 +488,19 @@ def stream_view(
     paths: SpeedPaths | None = None,
     lock_timeout_s: float = 300.0,
 ) -> StreamReport:
-    """Run a count view (`trending_speed` or `discovery_speed`) as a continuous query for about
-    `stream_s` seconds (or until `stop_early()`), a micro-batch every `settings.speed_trigger_s`
-    seconds.
-
-    Same checkpoint, tables and semantics as its availableNow run (the two take turns on the
-    checkpoint's lock). After each micro-batch the state file is saved, then `on_batch` gets
-    that batch's report (e.g. to refresh the serving store).
-    """
-    paths = paths or SpeedPaths.from_settings(settings)
-    writer, checkpoint = _view_writer(spark, settings, paths, name, STREAMED_VIEWS[name])
-
-    def publish(batch: StreamReport) -> None:
-        state = _save_state(paths, name, settings, batch)
-        if on_batch is not None:
-            on_batch(replace(batch, watermark=parse_optional_time(state.get("watermark"))))
-
-    report = run_stream(
-        name,
-        writer,
-        checkpoint,
-        lock_dir=lock_dir_of(settings),
+    """`stream_counts` under a name of older versions: `counts` or a count view's table name
+    (`trending_speed`, ...): every count view streams in the one counts query."""
+    if checkpoint_of(settings, name) != checkpoint_of(settings, COUNTS):
+        raise ValueError(f"{name!r} is not a count view's query (the counts query runs them)")
+    return stream_counts(
+        spark,
+        settings,
         stream_s=stream_s,
-        trigger_s=settings.speed_trigger_s,
-        on_batch=publish,
+        on_batch=on_batch,
         stop_early=stop_early,
+        paths=paths,
         lock_timeout_s=lock_timeout_s,
-        spark=spark,
-        session_conf=SPEED_SESSION_CONF,
     )
-    state = read_speed_state(paths, name) or {}
-    return replace(report, watermark=parse_optional_time(state.get("watermark")))
 
 
 def _run(
@@ -344,6 +512,9 @@ def _run(
     checkpoint: str,
     timeout_s: float | None,
     lock_timeout_s: float,
+    *,
+    before_start: Callable[[], None] | None = None,
+    views: Sequence[CountView] = (),
 ) -> StreamReport:
     # What this run owes its caller: every record on the topic now. When another run holds the
     # checkpoint (a continuous query of views_stream_job, an overlapping sensor or CLI run), it
@@ -369,6 +540,7 @@ def _run(
                 lock_timeout_s=min(_BUSY_PROBE_S, max(deadline - time.monotonic(), 0.0)),
                 spark=spark,
                 session_conf=SPEED_SESSION_CONF,
+                before_start=before_start,
             )
             break
         except CheckpointBusyError:
@@ -378,7 +550,7 @@ def _run(
                 return replace(caught_up, watermark=parse_optional_time(state.get("watermark")))
             if time.monotonic() >= deadline:
                 raise
-    state = _save_state(paths, name, settings, report)
+    state = _save_counts_state(paths, settings, report, views, name)
     if loss is not None:
         report_loss(settings, name, loss)
     # Report the contract's watermark (latest event time seen - lateness), not Spark's
@@ -571,14 +743,25 @@ def _check_fresh_lake(checkpoint: str, lake: Lake) -> None:
 # Readers ------------------------------------------------------------------------------------
 
 
+def read_view_speed(spark: SparkSession, paths: SpeedPaths | str, view: CountView) -> DataFrame:
+    """A count view's speed counts: its columns (minute, dimensions, plays), deltas summed."""
+    table = _root(paths).table(view_specs.spec_of(view).speed_query)
+    if not _has_batches(table):
+        return spark.createDataFrame([], view.spark_schema)
+    deltas = _read_batches(spark, table, view.spark_schema)
+    return deltas.groupBy("minute", *view.dimensions).agg(
+        F.sum("plays").cast("bigint").alias("plays")
+    )
+
+
 def read_trending_speed(spark: SparkSession, paths: SpeedPaths | str) -> DataFrame:
     """The trending speed view: minute, country, title_id, plays (deltas summed over batches)."""
-    return _sum_deltas(spark, _root(paths).table(TRENDING), TRENDING_SCHEMA, "title_id")
+    return read_view_speed(spark, paths, declarations.TRENDING)
 
 
 def read_discovery_speed(spark: SparkSession, paths: SpeedPaths | str) -> DataFrame:
     """The discovery speed view: minute, country, discovery_source, plays."""
-    return _sum_deltas(spark, _root(paths).table(DISCOVERY), DISCOVERY_SCHEMA, "discovery_source")
+    return read_view_speed(spark, paths, declarations.DISCOVERY)
 
 
 def read_sessions_speed(spark: SparkSession, paths: SpeedPaths | str) -> DataFrame:
@@ -588,15 +771,6 @@ def read_sessions_speed(spark: SparkSession, paths: SpeedPaths | str) -> DataFra
     if not _has_batches(table):
         return spark.createDataFrame([], SESSION_SCHEMA)
     return _read_batches(spark, table, SESSION_SCHEMA).select(*SESSION_COLUMNS)
-
-
-def _sum_deltas(spark: SparkSession, table: str, schema: str, key: str) -> DataFrame:
-    if not _has_batches(table):
-        return spark.createDataFrame([], schema)
-    deltas = _read_batches(spark, table, schema)
-    return deltas.groupBy("minute", "country", key).agg(
-        F.sum("plays").cast("bigint").alias("plays")
-    )
 
 
 def _read_batches(spark: SparkSession, table: str, schema: str) -> DataFrame:
@@ -640,6 +814,23 @@ def _save_state(
         "updated_at": format_time(datetime.now(UTC)),
     }
     write_text(paths.state_file(name), json.dumps(state, indent=1) + "\n")
+    return state
+
+
+def _save_counts_state(
+    paths: SpeedPaths,
+    settings: Settings,
+    report: StreamReport,
+    views: Sequence[CountView],
+    name: str = COUNTS,
+) -> dict[str, Any]:
+    """A query's state file and, for the counts query, a copy for each count view it writes
+    (`<view>_speed`: what the serving refresh and status read per view)."""
+    state = _save_state(paths, name, settings, report)
+    for view in views:
+        query = view_specs.spec_of(view).speed_query
+        text = json.dumps({**state, "query": query}, indent=1) + "\n"
+        write_text(paths.state_file(query), text)
     return state
 
 

@@ -371,6 +371,7 @@ def run_available_now(
     lock_timeout_s: float = 300.0,
     spark: SparkSession | None = None,
     session_conf: Mapping[str, str] | None = None,
+    before_start: Callable[[], None] | None = None,
 ) -> StreamReport:
     """Run `writer` once with trigger(availableNow=True) on `checkpoint` and report every batch.
 
@@ -381,6 +382,8 @@ def run_available_now(
     - `session_conf` is applied to `spark` just for this query's start (Spark reads them then).
     - A query failure becomes StreamFailedError (StreamDataLossError for Kafka data loss) with
       a one-line message.
+    - `before_start` runs under the lock just before the query starts (e.g. to prepare its
+      output for what the checkpoint has committed).
     """
     return _run_query(
         name,
@@ -391,6 +394,7 @@ def run_available_now(
         lock_timeout_s=lock_timeout_s,
         spark=spark,
         session_conf=session_conf,
+        before_start=before_start,
     )
 
 
@@ -407,6 +411,7 @@ def run_stream(
     lock_timeout_s: float = 300.0,
     spark: SparkSession | None = None,
     session_conf: Mapping[str, str] | None = None,
+    before_start: Callable[[], None] | None = None,
 ) -> StreamReport:
     """Run `writer` as a continuous query (a micro-batch every `trigger_s` seconds when there is
     data) for about `stream_s` seconds, or until `stop_early()` is true, then stop it between
@@ -428,6 +433,7 @@ def run_stream(
         stream_s=stream_s,
         on_batch=on_batch,
         stop_early=stop_early,
+        before_start=before_start,
     )
 
 
@@ -444,10 +450,13 @@ def _run_query(
     stream_s: float | None = None,
     on_batch: Callable[[StreamReport], None] | None = None,
     stop_early: Callable[[], bool] | None = None,
+    before_start: Callable[[], None] | None = None,
 ) -> StreamReport:
     if session_conf and spark is None:
         raise ValueError("session_conf needs the SparkSession (spark=...)")
     with checkpoint_lock(lock_dir, checkpoint, timeout_s=lock_timeout_s):
+        if before_start is not None:
+            before_start()
         started = time.monotonic()
         configured = triggered.queryName(name).option("checkpointLocation", checkpoint)
         try:

@@ -230,6 +230,18 @@ def declared_views(views_file: Path | None) -> tuple[CountView, ...]:
     return combine(BUILT_IN, load_views_file(views_file) if views_file is not None else ())
 
 
+def views_or_built_in(
+    views_file: Path | None,
+) -> tuple[tuple[CountView, ...], ViewDeclarationError | None]:
+    """The declared views, or the built-in ones and the error when the views file is bad (for
+    the Dagster definitions, which must load whatever the file holds; runs then fail naming
+    the error, as `declared_views` raises it)."""
+    try:
+        return declared_views(views_file), None
+    except ViewDeclarationError as error:
+        return BUILT_IN, error
+
+
 __all__ = [
     "BUILT_IN",
     "DEVICE_MIX",
@@ -241,4 +253,5 @@ __all__ = [
     "declared_views",
     "load_views_file",
     "parse_views",
+    "views_or_built_in",
 ]

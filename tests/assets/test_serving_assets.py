@@ -45,14 +45,10 @@ def test_speed_job_serves_what_it_counted_and_the_sensor_follows_batch_runs(
     assert "| rank | title_id | plays |" in served["top_10"].value
     for name in ("discovery_serving", "sessions_serving"):
         assert result.asset_materializations_for_node(name)
-    # Freshness: trending is counted and served first, landing and the checks come last.
+    # Freshness: the count views are counted (one query) and trending served first, landing
+    # and the checks come last.
     order = [event.step_key for event in result.all_events if event.is_step_start]
-    assert order[:4] == [
-        "trending_speed",
-        "trending_serving",
-        "discovery_speed",
-        "discovery_serving",
-    ]
+    assert order[:3] == ["counts", "trending_serving", "discovery_serving"]
     assert order.index("landing") > order.index("sessions_serving")
 
     store = ServingStore.from_settings(speed_env)
@@ -106,18 +102,19 @@ def test_views_stream_job_serves_while_it_runs_and_the_sensor_keeps_one_going(
     job = defs.resolve_job_def("views_stream_job")
     result = job.execute_in_process(instance=instance, tags=request.tags)
     assert result.success
-    events = result.asset_materializations_for_node("trending_speed")
+    events = result.asset_materializations_for_node("counts")
     keys = [event.asset_key.to_user_string() for event in events]
     # While it ran: the view and its serving asset, reported together per micro-batch; then
     # the step's own materialization with the whole run's figures.
     assert keys.count("trending_serving") >= 1 and keys[-1] == "trending_speed"
+    assert {"discovery_speed", "device_mix_speed"} <= set(keys)  # the same query's outputs
     assert events[-1].metadata["events_read"].value == 78
     during = [e for e in events if e.asset_key.to_user_string() == "trending_serving"]
     assert during[0].metadata["speed_micro_batches_read"].value >= 1
     assert during[-1].metadata["speed_watermark"].value == "2026-03-02T01:30:00Z"
     assert any(
         e.asset_key.to_user_string() == "discovery_serving"
-        for e in result.asset_materializations_for_node("discovery_speed")
+        for e in result.asset_materializations_for_node("counts")
     )
     store = ServingStore.from_settings(speed_env)
     answer = answers.trending(store, as_of=datetime(2026, 3, 2, 2, 0, tzinfo=UTC), window=26 * 60)

@@ -18,7 +18,7 @@ from dagster import (
     materialize,
 )
 
-from assets.speed import SPEED_ASSETS, play_events_topic, trending_speed
+from assets.speed import SPEED_ASSETS, counts, play_events_topic
 from lambda_arch.common.config import Settings
 from lambda_arch.ingest.generator import TrafficConfig, generate
 from lambda_arch.ingest.producer import ProduceRequest, run_produce
@@ -41,6 +41,16 @@ def produce(settings: Settings, events: int, seed: int) -> None:
 def _payloads(seed: int, events: int) -> list[bytes]:
     config = TrafficConfig(seed=seed, start=START, duplicate_rate=DUPLICATES)
     return [record.value for record in itertools.islice(generate(config), events)]
+
+
+def view_metadata(result: Any, key: str) -> Any:
+    """The metadata of one `<view>_speed` output of the counts multi-asset."""
+    (event,) = [
+        m
+        for m in result.asset_materializations_for_node("counts")
+        if m.asset_key.to_user_string() == key
+    ]
+    return event.metadata
 
 
 def expected_plays(seed: int, events: int) -> Counter[tuple[datetime, str, int]]:
@@ -66,15 +76,17 @@ def test_speed_assets_materialize_with_metadata_and_exact_counts(
     )
     assert result.success
 
-    trending = result.asset_materializations_for_node("trending_speed")[0].metadata
+    trending = view_metadata(result, "trending_speed")
     assert trending["events_read"].value == EVENTS
     assert trending["micro_batches"].value >= 3  # admission control: at most 1000 per batch
     assert trending["lag_left"].value == 0
     assert trending["late_events"].value == 0
     assert "| rank | title_id | plays |" in trending["top_10"].value
-    for name in ("discovery_speed", "sessions_speed"):
-        metadata = result.asset_materializations_for_node(name)[0].metadata
-        assert metadata["events_read"].value == EVENTS
+    # One counts query: one output per declared count view, each with the run's metadata.
+    for name in ("discovery_speed", "device_mix_speed"):
+        assert view_metadata(result, name)["events_read"].value == EVENTS
+    sessions = result.asset_materializations_for_node("sessions_speed")[0].metadata
+    assert sessions["events_read"].value == EVENTS
 
     # Landing: every valid Kafka record once (re-sent duplicates are distinct records; the
     # batch layer's play_events_clean deduplicates them by event_id).
@@ -106,11 +118,8 @@ def test_speed_assets_materialize_with_metadata_and_exact_counts(
     assert got == want
 
     # A second run with nothing new reads nothing and changes nothing.
-    again = materialize([trending_speed], resources=build_resources(), instance=instance)
-    assert (
-        again.asset_materializations_for_node("trending_speed")[0].metadata["events_read"].value
-        == 0
-    )
+    again = materialize([counts], resources=build_resources(), instance=instance)
+    assert view_metadata(again, "trending_speed")["events_read"].value == 0
 
 
 def lag_sensor(instance: DagsterInstance, resources: dict[str, Any]) -> SensorResult:
@@ -168,7 +177,7 @@ def test_late_events_are_counted_in_metadata_not_in_the_view(
     from kafka import KafkaProducer
 
     produce(speed_env, 300, seed=24)
-    assert materialize([trending_speed], resources=build_resources(), instance=instance).success
+    assert materialize([counts], resources=build_resources(), instance=instance).success
     late_time = START - timedelta(hours=2)
     producer = KafkaProducer(bootstrap_servers=speed_env.bootstrap_servers)
     producer.send(
@@ -182,8 +191,8 @@ def test_late_events_are_counted_in_metadata_not_in_the_view(
     )
     producer.flush()
     producer.close()
-    result = materialize([trending_speed], resources=build_resources(), instance=instance)
-    metadata = result.asset_materializations_for_node("trending_speed")[0].metadata
+    result = materialize([counts], resources=build_resources(), instance=instance)
+    metadata = view_metadata(result, "trending_speed")
     assert metadata["events_read"].value == 1
     assert metadata["late_events"].value == 1
 

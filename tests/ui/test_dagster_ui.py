@@ -36,7 +36,13 @@ CONTRACT_ASSETS = (
     "discovery_serving",
 )
 BATCH_GROUP = "batch"
-BATCH_ASSETS = ("play_events_clean", "trending_batch", "discovery_batch", "sessions_batch")
+BATCH_ASSETS = (
+    "play_events_clean",
+    "trending_batch",
+    "discovery_batch",
+    "device_mix_batch",
+    "sessions_batch",
+)
 DAYS = (START_DATE, "2026-03-02")
 # 2,000 events over 2.5 days from START_DATE (100 events/s of event time / speedup): the
 # first two days are complete, the third is under way.

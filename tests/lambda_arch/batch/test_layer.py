@@ -334,12 +334,12 @@ def test_a_failed_recompute_keeps_each_days_previous_rows_and_state(
     def raising(title_id: int) -> int:
         raise RuntimeError(f"injected failure at title {title_id}")
 
-    counts = batch.trending_counts
+    counts = batch.count_deltas
 
-    def failing_counts(events):
-        return counts(events).withColumn("title_id", F.udf(raising, "bigint")("title_id"))
+    def failing_counts(events, view):
+        return counts(events, view).withColumn("title_id", F.udf(raising, "bigint")("title_id"))
 
-    monkeypatch.setattr(batch, "trending_counts", failing_counts)
+    monkeypatch.setattr(batch, "count_deltas", failing_counts)
     with pytest.raises(Exception, match="injected failure"):
         compute_days(spark, lake, DAYS[:2], [TRENDING_TABLE], lock_dir=locks)
     monkeypatch.undo()

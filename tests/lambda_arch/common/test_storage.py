@@ -42,7 +42,14 @@ MOTO_SERVER = Path(sys.executable).with_name("moto_server")
 DAYS = [date(2026, 4, 1), date(2026, 4, 2)]
 HOURS = (0, 9, 23)
 COUNTRIES = ("US", "BR", "DE")
-BATCH_TABLES = ("play_events_clean", "trending_batch", "discovery_batch", "sessions_batch")
+# Every built-in count view has a batch table (device_mix too, issue 13).
+BATCH_TABLES = (
+    "play_events_clean",
+    "trending_batch",
+    "discovery_batch",
+    "device_mix_batch",
+    "sessions_batch",
+)
 
 
 # moto_server -----------------------------------------------------------------------------------

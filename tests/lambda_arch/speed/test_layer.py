@@ -36,7 +36,8 @@ from lambda_arch.speed.layer import (
     read_sessions_speed,
     read_speed_state,
     read_trending_speed,
-    run_discovery_speed,
+    read_view_speed,
+    run_counts_speed,
     run_landing,
     run_sessions_speed,
     run_trending_speed,
@@ -45,16 +46,27 @@ from lambda_arch.speed.layer import (
 from lambda_arch.speed.streaming import (
     StreamReport,
 )
+from lambda_arch.views.declarations import DEVICE_MIX, CountView, load_views_file
 from tests.lambda_arch.views.test_transforms import (
     START,
     counts_of,
     event,
     micros,
+    minute_of,
     ref_discovery,
     ref_sessions,
     ref_trending,
     sessions_of,
 )
+
+# A view declared only here: two dimensions, counting events other than play_start.
+TEST_VIEWS_TOML = """
+[views.stops_by_device]
+dimensions = ["device", "title_id"]
+events = ["play_stop", "play_heartbeat"]
+form = "top"
+description = "Stops and heartbeats per device and title (a test view)."
+"""
 
 LATENESS = timedelta(minutes=10)
 SPARK_SESSION_GAP = timedelta(minutes=30) - timedelta(microseconds=1)
@@ -89,8 +101,28 @@ def new_topic(broker: EmbeddedBroker, name: str, partitions: int = 3) -> KafkaTo
     return KafkaTopic(broker.bootstrap_servers, name, partitions)
 
 
-def settings_for(home: Path, kafka: KafkaTopic, max_events: int) -> Settings:
+def views_file(folder: Path, text: str = TEST_VIEWS_TOML) -> Path:
+    """A views file declaring the test view (written into `folder`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "views.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def ref_view(view: CountView, events: list[PlayEvent]) -> Counter:
+    """A count view over events, in plain Python: plays per (minute, dimensions...)."""
+    return Counter(
+        (minute_of(e.event_time), *(getattr(e, d) for d in view.dimensions))
+        for e in events
+        if e.event_type in view.event_types
+    )
+
+
+def settings_for(
+    home: Path, kafka: KafkaTopic, max_events: int, views: Path | None = None
+) -> Settings:
     return Settings(
+        LAMBDA_ARCH_VIEWS_FILE=str(views) if views else None,
         LAMBDA_ARCH_HOME=str(home),
         KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap,
         LAMBDA_ARCH_TOPIC=kafka.name,
@@ -186,7 +218,18 @@ def simulate_crash_after_last_data_batch(checkpoint: str, report: StreamReport) 
     return last.input_rows
 
 
-def test_trending_and_discovery_speed_exactly_once_with_late_events(
+def check_every_view(spark, paths: SpeedPaths, settings: Settings, model: Model) -> None:
+    """Every count view (built-in and declared in the test's views file) is the model's."""
+    assert settings.views_file is not None
+    (declared,) = load_views_file(settings.views_file)
+    assert counts_of(read_trending_speed(spark, paths)) == ref_trending(model.counted)
+    assert counts_of(read_discovery_speed(spark, paths)) == ref_discovery(model.counted)
+    for view in (DEVICE_MIX, declared):
+        assert counts_of(read_view_speed(spark, paths, view)) == ref_view(view, model.counted)
+    assert sum(ref_view(declared, model.counted).values()) > 0
+
+
+def test_every_count_view_exactly_once_with_late_events_in_one_query(
     spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
 ) -> None:
     kafka = new_topic(broker, topic)
@@ -199,12 +242,14 @@ def test_trending_and_discovery_speed_exactly_once_with_late_events(
         )
         wave1.insert(300 + 10 * i, (str(i).encode(), old))
     kafka.send(wave1)
-    settings = settings_for(tmp_path / "home", kafka, max_events=150)
+    settings = settings_for(tmp_path / "home", kafka, 150, views_file(tmp_path / "conf"))
     paths = SpeedPaths(str(tmp_path / "speed"))
-    trending_model, discovery_model = Model(), Model()
+    trending_model = Model()
 
-    # Run 1: several micro-batches (admission control), duplicates, malformed and late records.
-    report = run_trending_speed(spark, settings, paths)
+    # Run 1: several micro-batches (admission control), duplicates, malformed and late records,
+    # one query for every count view.
+    report = run_counts_speed(spark, settings, paths)
+    assert report.name == "counts"
     check_report(report, kafka, 150)
     assert report.events_read == 400 and report.micro_batches >= 3
     late = trending_model.apply(report, kafka.records)
@@ -217,14 +262,15 @@ def test_trending_and_discovery_speed_exactly_once_with_late_events(
     state = read_speed_state(paths, "trending_speed")
     assert state is not None and state["offsets"] == {str(p): o for p, o in report.offsets.items()}
     assert datetime.fromisoformat(state["watermark"]) == trending_model.watermark
-
-    discovery = run_discovery_speed(spark, settings, paths)
-    check_report(discovery, kafka, 150)
-    assert discovery.late_events == discovery_model.apply(discovery, kafka.records)
-    assert counts_of(read_discovery_speed(spark, paths)) == ref_discovery(discovery_model.counted)
+    for name in ("counts", "discovery_speed", "device_mix_speed", "stops_by_device_speed"):
+        assert read_speed_state(paths, name)["offsets"] == state["offsets"]  # type: ignore[index]
+    check_every_view(spark, paths, settings, trending_model)
+    # One query, one checkpoint: the per-view names resolve to it.
+    assert checkpoint_of(settings, "discovery_speed") == checkpoint_of(settings, "counts")
+    assert not (tmp_path / "home" / "checkpoints" / "trending_speed").exists()
 
     # Run 2 without new data: nothing read, nothing changes, the watermark is still reported.
-    again = run_trending_speed(spark, settings, paths)
+    again = run_counts_speed(spark, settings, paths)
     assert (again.micro_batches, again.events_read, again.late_events) == (0, 0, 0)
     assert again.offsets == report.offsets and again.watermark == report.watermark
     assert counts_of(read_trending_speed(spark, paths)) == view
@@ -232,9 +278,10 @@ def test_trending_and_discovery_speed_exactly_once_with_late_events(
     # A batch retried after a crash rewrites its own deltas: still counted once.
     checkpoint = checkpoint_of(settings, "trending_speed")
     rows = simulate_crash_after_last_data_batch(checkpoint, report)
-    retried = run_trending_speed(spark, settings, paths)
+    retried = run_counts_speed(spark, settings, paths)
     assert retried.events_read == rows and retried.micro_batches >= 1
     assert counts_of(read_trending_speed(spark, paths)) == view
+    check_every_view(spark, paths, settings, trending_model)
 
     # Run 3: new data around the watermark: at it (counted), 1 ms older and older (late),
     # re-sent copies of counted events (duplicates) and new plays.
@@ -262,7 +309,7 @@ def test_trending_and_discovery_speed_exactly_once_with_late_events(
         ],
     ]  # fmt: skip
     kafka.send(keyed(wave3))
-    third = run_trending_speed(spark, settings, paths)
+    third = run_counts_speed(spark, settings, paths)
     check_report(third, kafka, 150)
     assert third.events_read == len(wave3)
     assert third.late_events == trending_model.apply(third, kafka.records) == 3
@@ -272,11 +319,11 @@ def test_trending_and_discovery_speed_exactly_once_with_late_events(
     assert titles[901] == 1 and titles[902] == 0 and titles[903] == 0
     assert third.watermark == newest + timedelta(seconds=19) - LATENESS
 
-    discovery = run_discovery_speed(spark, settings, paths)
-    assert discovery.late_events == discovery_model.apply(discovery, kafka.records) == 3
-    assert counts_of(read_discovery_speed(spark, paths)) == ref_discovery(discovery_model.counted)
+    check_every_view(spark, paths, settings, trending_model)
     state = read_speed_state(paths, "discovery_speed")
-    assert state is not None and state["late_events_total"] == len(discovery_model.late)
+    # The total counts the retried batch's late events twice (it read them twice).
+    total = len(trending_model.late) + retried.late_events
+    assert state is not None and state["late_events_total"] == total
 
 
 def test_admission_control_gives_the_same_view(
@@ -380,6 +427,18 @@ def test_new_checkpoint_over_old_output_is_refused(
     (tmp_path / "speed" / "trending_speed" / "batch_id=0").mkdir(parents=True)
     with pytest.raises(SpeedStateError, match="delete both"):
         run_trending_speed(spark, settings_for(tmp_path / "home", kafka, 10), paths)
+
+
+def test_a_home_of_the_per_view_queries_is_refused_with_what_to_reset(
+    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
+) -> None:
+    """Checkpoints of the old trending/discovery queries: the counts query would restart batch
+    ids under their folders (double counts); the error names what to remove."""
+    kafka = new_topic(broker, topic, partitions=1)
+    settings = settings_for(tmp_path / "home", kafka, 10)
+    (settings.checkpoints_dir / "trending_speed" / "offsets").mkdir(parents=True)
+    with pytest.raises(SpeedStateError, match=r"older version.*trending_speed"):
+        run_counts_speed(spark, settings, SpeedPaths(str(tmp_path / "speed")))
 
 
 def test_landing_keeps_every_record_once(

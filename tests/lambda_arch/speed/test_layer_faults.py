@@ -59,11 +59,14 @@ from lambda_arch.speed.layer import (
     checkpoints_of,
     read_sessions_speed,
     read_trending_speed,
+    read_view_speed,
+    run_counts_speed,
     run_landing,
     run_sessions_speed,
     run_trending_speed,
 )
 from lambda_arch.speed.streaming import StreamReport
+from lambda_arch.views.declarations import DEVICE_MIX, DISCOVERY, CountView, load_views_file
 from tests.lambda_arch.common.test_storage import AWS_TEST_ENV, moto, s3_client  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[3]
@@ -157,6 +160,43 @@ def trending_view(spark, paths: SpeedPaths) -> Counter:
     view = Counter({(r["m"], r["country"], r["title_id"]): r["plays"] for r in rows})
     assert len(view) == len(rows), "a trending row appears twice"
     return view
+
+
+def expected_view(view: CountView, events: list[PlayEvent]) -> Counter:
+    """A count view in plain Python: events of its types per (minute, dimensions), each
+    event_id once (the first copy)."""
+    counted: dict[str, PlayEvent] = {}
+    for e in events:
+        if e.event_type in view.event_types:
+            counted.setdefault(e.event_id, e)
+    return Counter(
+        (
+            epoch_us(e.event_time.replace(second=0, microsecond=0)),
+            *(getattr(e, d) for d in view.dimensions),
+        )
+        for e in counted.values()
+    )
+
+
+def view_counts(spark, paths: SpeedPaths, view: CountView) -> Counter:
+    rows = (
+        read_view_speed(spark, paths, view)
+        .select(F.unix_micros("minute").alias("m"), *view.dimensions, "plays")
+        .collect()
+    )
+    counts = Counter({(r["m"], *(r[d] for d in view.dimensions)): r["plays"] for r in rows})
+    assert len(counts) == len(rows), f"a {view.name} row appears twice"
+    return counts
+
+
+# A view declared only in the SIGKILL test's home: two dimensions, non-default events.
+KILL_VIEWS_TOML = """
+[views.heartbeats]
+dimensions = ["country", "device"]
+events = ["play_heartbeat", "play_stop"]
+form = "shares"
+description = "Heartbeats and stops per device (a test view)."
+"""
 
 
 def speed_settings(home: Path, topic: Topic, max_events: int) -> Settings:
@@ -464,8 +504,9 @@ CHILD_CODE = (
 
 
 def child_main(argv: list[str]) -> None:
-    """The speed process of the SIGKILL test: landing and trending at once, as separate queries
-    of one Spark application; writes a JSON summary to argv[0] when both are done."""
+    """The speed process of the SIGKILL test: landing and the counts query (every count view)
+    at once, as separate queries of one Spark application; writes a JSON summary to argv[0]
+    when both are done."""
     from lambda_arch.runtime.spark import build_session
 
     out = Path(argv[0])
@@ -486,7 +527,7 @@ def child_main(argv: list[str]) -> None:
     threads = [
         threading.Thread(target=run, args=("landing", lambda: run_landing(spark, settings, lake))),
         threading.Thread(
-            target=run, args=("trending", lambda: run_trending_speed(spark, settings, paths))
+            target=run, args=("counts", lambda: run_counts_speed(spark, settings, paths))
         ),
     ]
     for thread in threads:
@@ -511,7 +552,7 @@ def child_main(argv: list[str]) -> None:
     sys.exit(1 if errors else 0)
 
 
-def start_child(home: Path, topic: Topic, out: Path) -> subprocess.Popen:
+def start_child(home: Path, topic: Topic, out: Path, views: Path) -> subprocess.Popen:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -524,6 +565,7 @@ def start_child(home: Path, topic: Topic, out: Path) -> subprocess.Popen:
         LAMBDA_ARCH_MAX_EVENTS_PER_BATCH=str(KILL_MAX_EVENTS),
         LAMBDA_ARCH_SPARK_MASTER="local[2]",
         LAMBDA_ARCH_SHUFFLE_PARTITIONS="2",
+        LAMBDA_ARCH_VIEWS_FILE=str(views),
         PYTHONPATH=str(REPO),
     )
     with open(out.with_suffix(".log"), "wb") as log:
@@ -607,10 +649,12 @@ def test_sigkill_mid_micro_batch_then_rerun_has_no_duplicate_and_no_gap(
     home = tmp_path / "home"
     lake = Lake.from_settings(speed_settings(home, topic, KILL_MAX_EVENTS))
     landing_checkpoint = home / "checkpoints" / "landing"
-    trending_checkpoint = home / "checkpoints" / "trending_speed"
+    counts_checkpoint = home / "checkpoints" / "counts"
+    views = tmp_path / "views.toml"
+    views.write_text(KILL_VIEWS_TOML, encoding="utf-8")
 
     # Run 1: killed while both queries have a micro-batch in flight (after 1+ committed ones).
-    first = start_child(home, topic, tmp_path / "first.json")
+    first = start_child(home, topic, tmp_path / "first.json", views)
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -618,9 +662,9 @@ def test_sigkill_mid_micro_batch_then_rerun_has_no_duplicate_and_no_gap(
                 f"the speed process ended early:\n{log_tail(tmp_path / 'first.json')}"
             )
             assert time.monotonic() < deadline, "no micro-batch in flight within 240 s"
-            landing_n, trending_n = in_flight(landing_checkpoint), in_flight(trending_checkpoint)
+            landing_n, counts_n = in_flight(landing_checkpoint), in_flight(counts_checkpoint)
             # Both in flight (neither the first batch), landing's output half written.
-            if landing_n and trending_n and staging_of(lake, landing_n).is_dir():
+            if landing_n and counts_n and staging_of(lake, landing_n).is_dir():
                 kill_tree(first)
                 break
             time.sleep(0.01)
@@ -630,7 +674,7 @@ def test_sigkill_mid_micro_batch_then_rerun_has_no_duplicate_and_no_gap(
     assert first.returncode == -signal.SIGKILL
     # The state it died in: each checkpoint has a planned batch without a commit.
     killed: dict[str, tuple[int, dict[int, int] | None]] = {}
-    for name, checkpoint in (("landing", landing_checkpoint), ("trending", trending_checkpoint)):
+    for name, checkpoint in (("landing", landing_checkpoint), ("counts", counts_checkpoint)):
         offsets, commits = batch_ids(checkpoint, "offsets"), batch_ids(checkpoint, "commits")
         assert offsets[-1] == commits[-1] + 1 >= 1, (name, offsets, commits)
         killed[name] = (offsets[-1], checkpoint_offsets(checkpoint))
@@ -639,7 +683,7 @@ def test_sigkill_mid_micro_batch_then_rerun_has_no_duplicate_and_no_gap(
     assert all(sum(resume.values()) < sum(ends.values()) for _, resume in killed.values() if resume)
 
     # Run 2: a new process on the same home runs both queries to completion.
-    second = start_child(home, topic, tmp_path / "second.json")
+    second = start_child(home, topic, tmp_path / "second.json", views)
     try:
         second.wait(300)
     finally:
@@ -653,7 +697,7 @@ def test_sigkill_mid_micro_batch_then_rerun_has_no_duplicate_and_no_gap(
         assert report["first_batch"] == batch, (name, report)
         assert report["start_offsets"] == {str(p): o for p, o in (resume or {}).items()}
         assert report["offsets"] == {str(p): o for p, o in ends.items()}
-    assert summary["reports"]["trending"]["late_events"] == 0
+    assert summary["reports"]["counts"]["late_events"] == 0
 
     # The lake holds every valid record exactly once and every rejected one exactly once, in
     # the catalog (as the rerun's session sees it) and in the files.
@@ -664,9 +708,13 @@ def test_sigkill_mid_micro_batch_then_rerun_has_no_duplicate_and_no_gap(
     assert lake_positions(Path(lake.location(EVENTS_TABLE))) == want_events
     assert lake_positions(Path(lake.location(QUARANTINE_TABLE))) == want_quarantine
 
-    # The trending view counts every play once: the retried batch replaced its own deltas.
+    # Every count view counts every event once: the retried batch replaced its own deltas.
     paths = SpeedPaths.from_settings(speed_settings(home, topic, KILL_MAX_EVENTS))
     assert trending_view(spark, paths) == expected_trending(list(valid.values()))
+    (declared,) = load_views_file(views)
+    for view in (DISCOVERY, DEVICE_MIX, declared):
+        want = expected_view(view, list(valid.values()))
+        assert view_counts(spark, paths, view) == want and sum(want.values()) > 0, view.name
 
 
 # 5. A new incarnation of the topic (a restarted memory broker) ---------------------------------
@@ -720,7 +768,7 @@ def test_a_restarted_memory_broker_is_read_from_its_start_and_its_loss_counted(
         assert all(end[p] > old_checkpoint[p] for p in (0, 1))  # the new end passed the old
         lag = measure_lag(second.bootstrap_servers, name, checkpoints_of(settings))
         assert {q.query: q.total for q in lag.queries if q.started} == {
-            "landing": 200, "trending_speed": 200
+            "landing": 200, "counts": 200
         }  # fmt: skip
 
         landing = run_landing(spark, settings, lake)

@@ -103,6 +103,11 @@ def catalog(name: str, other: str) -> dict[str, Any]:
     while True:
         tables = sorted(row.tableName for row in spark.sql(f"SHOW TABLES IN {DATABASE}").collect())
         # The other table shows up at its CREATE, its rows at its INSERT: wait for both.
+        # Refreshed first: a count that ran between the other's CREATE and INSERT leaves the
+        # empty file listing cached in the server, and later counts would read it (seen: 0 rows
+        # for 90 s under a loaded two-process test run).
+        if other in tables:
+            spark.catalog.refreshTable(f"{DATABASE}.{other}")
         rows = spark.table(f"{DATABASE}.{other}").count() if other in tables else None
         if rows == 3 or time.monotonic() > deadline:
             break

@@ -69,8 +69,10 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q --no-header -p no:cacheprovider tests/test_architecture.py
 
+# Two test processes (pytest-xdist; a file's tests stay in one process, so module fixtures are
+# shared as before): most of the wall time is waiting on stacks, sensor ticks and brokers.
 test: install check-java chromium postgres lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The edit loop: every test that needs neither a JVM nor a broker (marks set in tests/conftest.py),
 # about a minute. `make test` stays the whole suite.

@@ -29,9 +29,35 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The files that take minutes (whole stacks, long backfills, clusters), longest first: run first,
+# so that `make test`'s two processes (pytest-xdist, --dist loadfile) do not end on one of them
+# while the other idles. The rest keep their order.
+LONG_FILES: tuple[str, ...] = (
+    "assets/test_long_backfill.py",
+    "scaleout/test_cluster_stack.py",
+    "lambda_arch/cli/test_run_beside_sensors.py",
+    "lambda_arch/runtime/test_stack.py",
+    "lambda_arch/common/test_storage.py",
+    "sensors/test_sensor_failure_alerts.py",
+    "lambda_arch/speed/test_layer_faults.py",
+    "ui/test_dagster_ui.py",
+    "lambda_arch/runtime/test_spark_connect.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that needs a JVM (`jvm`) or a broker (`broker`); see FIXTURE_MARKS."""
+    """Mark every test that needs a JVM (`jvm`) or a broker (`broker`); see FIXTURE_MARKS. Put
+    the LONG_FILES first."""
     tests_dir = Path(__file__).parent
+
+    def rank(item: pytest.Item) -> int:
+        try:
+            relative = item.path.relative_to(tests_dir).as_posix()
+        except ValueError:
+            return len(LONG_FILES)
+        return LONG_FILES.index(relative) if relative in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
     for item in items:
         marks = {
             FIXTURE_MARKS[name]

@@ -121,7 +121,7 @@ def step_kind(step_key: str) -> str | None:
         return "landing"
     if step_key.startswith("sessions_speed"):
         return "sessions"
-    if step_key.endswith("_speed"):
+    if step_key == "counts" or step_key.endswith("_speed"):  # the one query of every count view
         return "view"
     if step_key.endswith("_batch") or "play_events_clean" in step_key:
         return "batch"

@@ -86,7 +86,7 @@ def test_batch_writes_of_one_lake_wait_for_each_other(
     path = batch.batch_lock_path(locks, lake)
     computed_while_held: list[str] = []
 
-    def compute(spark: object, lake: Lake, days: object, tables: object) -> list:
+    def compute(spark: object, lake: Lake, days: object, *tables_and_views: object) -> list:
         computed_while_held.append(path.read_text())  # our holder line: we hold the lock
         return []
 

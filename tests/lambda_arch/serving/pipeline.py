@@ -24,7 +24,6 @@ from lambda_arch.speed.layer import (
     run_sessions_speed,
     run_trending_speed,
 )
-from lambda_arch.views.spec import VIEWS
 from tests.lambda_arch.serving.oracle import utc
 
 START = datetime(2026, 3, 1, 21, 0, tzinfo=UTC)
@@ -105,7 +104,10 @@ class Pipeline:
         batch.compute_day(self.spark, self.lake, day)
 
     def refresh(self) -> list[RefreshReport]:
-        return [refresh_view(self.settings, self.store, view, self.lake) for view in VIEWS]
+        # Every view the store serves: the built-in count views (device_mix too) and sessions.
+        return [
+            refresh_view(self.settings, self.store, view, self.lake) for view in self.store.specs
+        ]
 
 
 def new_pipeline(

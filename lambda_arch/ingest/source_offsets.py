@@ -206,15 +206,23 @@ def checkpoint_topic_id(checkpoint_dir: str | Path, source_index: int = 0) -> st
     return offsets_topic_id(_committed_entry(checkpoint_dir, source_index))
 
 
-def _committed_entry(checkpoint_dir: str | Path, source_index: int) -> dict[str, Any] | None:
-    root = Path(str(checkpoint_dir).removeprefix("file://").removeprefix("file:"))
-    commits = root / "commits"
+def _checkpoint_root(checkpoint_dir: str | Path) -> Path:
+    return Path(str(checkpoint_dir).removeprefix("file://").removeprefix("file:"))
+
+
+def latest_commit(checkpoint_dir: str | Path) -> int | None:
+    """The newest micro-batch id in a (local) checkpoint's commit log; None: none committed."""
+    commits = _checkpoint_root(checkpoint_dir) / "commits"
     if not commits.is_dir():
         return None
-    committed = sorted(int(f.name) for f in commits.iterdir() if f.name.isdigit())
-    if not committed:
+    return max((int(f.name) for f in commits.iterdir() if f.name.isdigit()), default=None)
+
+
+def _committed_entry(checkpoint_dir: str | Path, source_index: int) -> dict[str, Any] | None:
+    latest = latest_commit(checkpoint_dir)
+    if latest is None:
         return None
-    lines = (root / "offsets" / str(committed[-1])).read_text().splitlines()
+    lines = (_checkpoint_root(checkpoint_dir) / "offsets" / str(latest)).read_text().splitlines()
     entry = lines[2 + source_index].strip()
     if not entry or entry == "-":
         return None

@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -35,6 +34,7 @@ from lambda_arch.batch.lake import Lake
 from lambda_arch.common.config import Settings
 from lambda_arch.common.storage import pyarrow_filesystem
 from lambda_arch.common.times import parse_optional_time
+from lambda_arch.ingest.source_offsets import latest_commit as source_latest_commit
 from lambda_arch.serving.store import (
     MICROS,
     ServingStore,
@@ -130,10 +130,7 @@ def changed_days(computed: dict[date, str], held: dict[str, str]) -> list[date]:
 
 def latest_commit(settings: Settings, query: str) -> int | None:
     """The newest micro-batch id in the query's commit log (None: no batch committed)."""
-    commits = Path(speed.checkpoint_of(settings, query)) / "commits"
-    if not commits.is_dir():
-        return None
-    return max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=None)
+    return source_latest_commit(speed.checkpoint_of(settings, query))
 
 
 def committed_batches(settings: Settings, query: str, latest: int | None = None) -> list[int]:

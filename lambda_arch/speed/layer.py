@@ -59,6 +59,7 @@ from lambda_arch.ingest.schema import REASON_FUTURE
 from lambda_arch.ingest.source_offsets import (
     checkpoint_offsets,
     checkpoint_topic_id,
+    latest_commit,
     new_incarnation,
     pending_data_loss,
 )
@@ -355,7 +356,7 @@ def _prepare_views(
     checkpoint = checkpoint_of(settings, COUNTS)
     state_file = paths.state_file(registry.REGISTRY)
     known = registry.read_registry(state_file)
-    latest = _latest_commit(checkpoint)
+    latest = latest_commit(checkpoint)
     if latest is None:
         # Nothing counted yet: every view starts with the query's first micro-batch.
         registry.write_registry(state_file, {view.name: -1 for view in views})
@@ -381,14 +382,6 @@ def _prepare_views(
             )
     if kept != known:
         registry.write_registry(state_file, kept)
-
-
-def _latest_commit(checkpoint: str) -> int | None:
-    """The newest micro-batch id in a (local) checkpoint's commit log; None: none committed."""
-    commits = local_path(checkpoint) / "commits"
-    if not commits.is_dir():
-        return None
-    return max((int(p.name) for p in commits.iterdir() if p.name.isdigit()), default=None)
 
 
 def _require_landed(spark: SparkSession, settings: Settings, offsets: Mapping[int, int]) -> None:

@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from lambda_arch.ingest.schema import COUNTRIES, DEVICES, DISCOVERY_SOURCES, EVENT_TYPES
-from lambda_arch.views.declarations import DIMENSION_TYPES, CountView
+from lambda_arch.views.declarations import DIMENSION_TYPES, DIMENSION_VALUES, CountView
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -230,15 +230,6 @@ def _count_rules(keys: Sequence[str], plays_min: int = 1) -> list[Any]:
     return rules
 
 
-# What each event field a count view may count by holds (CONTRACT section 2).
-_DIMENSION_SETS: dict[str, Sequence[str]] = {
-    "country": sorted(COUNTRIES),
-    "device": list(DEVICES),
-    "discovery_source": list(DISCOVERY_SOURCES),
-    "event_type": list(EVENT_TYPES),
-}
-
-
 def view_schema(view: CountView) -> tuple[tuple[str, str], ...]:
     """A count view's batch table schema: minute, its dimensions, plays, dt."""
     dims = tuple((d, DIMENSION_TYPES[d]) for d in view.dimensions)
@@ -256,9 +247,11 @@ def view_expectations(view: CountView) -> Callable[[], list[Any]]:
         for dim in view.dimensions:
             if dim in ("title_id", "member_id"):
                 rules.append(gxe.ExpectColumnValuesToBeBetween(column=dim, min_value=0))
-            elif dim in _DIMENSION_SETS and dim != "country":
+            elif dim in DIMENSION_VALUES and dim != "country":
                 rules.append(
-                    gxe.ExpectColumnValuesToBeInSet(column=dim, value_set=_DIMENSION_SETS[dim])
+                    gxe.ExpectColumnValuesToBeInSet(
+                        column=dim, value_set=list(DIMENSION_VALUES[dim])
+                    )
                 )
         return rules
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lambda_arch.ingest.schema import COUNTRIES, DEVICES, DISCOVERY_SOURCES, EVENT_TYPES
+from lambda_arch.ingest.schema import COUNTRIES
 from lambda_arch.serving.ranking import Window, ranked_rows
 from lambda_arch.serving.store import (
     ALL,
@@ -34,7 +34,13 @@ from lambda_arch.serving.store import (
     parse_iso,
     rolled_filters,
 )
-from lambda_arch.views.declarations import DIMENSION_TYPES, DISCOVERY, TRENDING, CountView
+from lambda_arch.views.declarations import (
+    DIMENSION_TYPES,
+    DIMENSION_VALUES,
+    DISCOVERY,
+    TRENDING,
+    CountView,
+)
 from lambda_arch.views.spec import SESSIONS, ViewSpec
 
 DEFAULT_WINDOW_MIN = 60
@@ -97,15 +103,6 @@ def check_id(value: int | None, name: str) -> int | None:
     if value is not None and not 0 <= value <= MAX_ID:
         raise ServingError(f"{name}: must be a whole number from 0 to {MAX_ID}")
     return value
-
-
-# The values a string dimension may take (CONTRACT section 2); bigint ones are ids (check_id).
-DIMENSION_VALUES: dict[str, frozenset[str]] = {
-    "country": frozenset(COUNTRIES),
-    "device": frozenset(DEVICES),
-    "discovery_source": frozenset(DISCOVERY_SOURCES),
-    "event_type": frozenset(EVENT_TYPES),
-}
 
 
 def parse_where(text: str) -> tuple[str, str]:

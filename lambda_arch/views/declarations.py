@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lambda_arch.ingest.schema import EVENT_TYPES
+from lambda_arch.ingest.schema import COUNTRIES, DEVICES, DISCOVERY_SOURCES, EVENT_TYPES
 
 Form = Literal["top", "shares"]
 FORMS: tuple[str, ...] = ("top", "shares")
@@ -37,6 +37,15 @@ DIMENSION_TYPES: dict[str, str] = {
     "device": "string",
     "discovery_source": "string",
     "event_type": "string",
+}
+# The values a string dimension may take (CONTRACT section 2), in a stable order; the bigint
+# ones are ids from 0 to 2^63 - 1. The serving layer checks filters against them, the GX
+# suites each view's rows.
+DIMENSION_VALUES: dict[str, tuple[str, ...]] = {
+    "country": tuple(sorted(COUNTRIES)),
+    "device": DEVICES,
+    "discovery_source": DISCOVERY_SOURCES,
+    "event_type": EVENT_TYPES,
 }
 # The longest name a view may have: its tables are `<name>_batch_hourly` and alike.
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")

@@ -490,12 +490,8 @@ def quarantine_ratio(
 
 # Freshness --------------------------------------------------------------------------------------
 
-SPEED_FRESHNESS_ASSETS = [
-    RAW_ASSET,
-    QUARANTINE_ASSET,
-    *counts.keys,
-    sessions_speed,
-]
+# The counts multi-asset's keys: the lake's raw tables and every `<view>_speed`.
+SPEED_FRESHNESS_ASSETS = [*counts.keys, sessions_speed]
 
 
 def speed_freshness_checks(lower_bound: timedelta) -> Sequence[AssetChecksDefinition]:

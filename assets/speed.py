@@ -1,9 +1,11 @@
 """Speed layer assets (group `speed`): checkpointed Structured Streaming queries run availableNow.
 
 Each asset is a short story: open the run's Spark session, catch one query up with the topic
-(`lambda_arch.speed.layer`), report what it did as metadata the Dagster UI can plot. The count
-views' assets (`<view>_speed`, one per declaration of `declared_views`) are the outputs of one
-multi-asset, `counts`: the one query that counts them all.
+(`lambda_arch.speed.layer`), report what it did as metadata the Dagster UI can plot. The lake's
+raw tables (`play_events_raw`, `play_events_quarantine`) and the count views' assets
+(`<view>_speed`, one per declaration of `declared_views`) are the outputs of one multi-asset,
+`counts`: the one query that reads each micro-batch once, lands it and counts every view.
+Sessions are the second query (`sessions_speed`).
 """
 
 import logging
@@ -56,7 +58,7 @@ STREAM_TAGS = {SPARK_RUN_TAG: SPARK_STREAM}
 # trending and its serving refresh first, landing and the checks last, so what users query
 # is fresh before the run has finished (benchmarks/freshness.py).
 # (Serving steps take their view's priority: trending's first, other views' DEFAULT_PRIORITY.)
-PRIORITY = {"counts": 40, "trending": 40, "discovery": 30, "sessions": 20, "landing": 10}
+PRIORITY = {"counts": 40, "trending": 40, "discovery": 30, "sessions": 20}
 DEFAULT_PRIORITY = 30
 # The job that runs the counts query (every `<view>_speed`) continuously (assets/jobs.py).
 STREAM_JOB_NAME = "views_stream_job"
@@ -172,20 +174,24 @@ def view_description(view: CountView) -> str:
 
 
 def counts_asset(views: Sequence[CountView]):
-    """The counts query as a multi-asset: one `<view>_speed` output per declared view."""
+    """The counts query as a multi-asset: the lake's two raw tables it lands, and one
+    `<view>_speed` output per declared view."""
 
     @multi_asset(
         name=speed.COUNTS,
         specs=[
-            AssetSpec(
-                speed_key(view),
-                group_name=GROUP,
-                deps=[TOPIC_ASSET],
-                kinds=KINDS,
-                description=view_description(view),
-                metadata={"dimensions": ", ".join(view.dimensions), "form": view.form},
-            )
-            for view in views
+            *LANDING_SPECS,
+            *(
+                AssetSpec(
+                    speed_key(view),
+                    group_name=GROUP,
+                    deps=[TOPIC_ASSET],
+                    kinds=KINDS,
+                    description=view_description(view),
+                    metadata={"dimensions": ", ".join(view.dimensions), "form": view.form},
+                )
+                for view in views
+            ),
         ],
         pool="spark",
         op_tags={**SPARK_TAGS, **step_priority(speed.COUNTS)},
@@ -193,7 +199,8 @@ def counts_asset(views: Sequence[CountView]):
     def counts(
         context: AssetExecutionContext, settings: LambdaArchSettings, spark: SparkResource
     ) -> Iterator[MaterializeResult]:
-        """Catch every count view up with the topic in one query; one result per view."""
+        """Land and catch every count view up with the topic in one query; one result per
+        table and view."""
         config = settings.get()
         declared = speed.count_views(config)  # a bad views file fails the run, naming it
         session = spark.session()
@@ -203,11 +210,64 @@ def counts_asset(views: Sequence[CountView]):
             report = speed.run_counts_speed(session, config, views=declared)
         _log_report(context, speed.COUNTS, report)
         metadata = run_metadata(config, report)
+        landed = landing_metadata(report)
+        context.log.info(
+            f"landing: {landed['records']} records, {landed['valid']} valid, "
+            f"{landed['quarantined']} quarantined"
+        )
         for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
-            extra = _trending_top10(session, config, report) if key == speed_key(TRENDING) else {}
+            if key in (RAW_ASSET, QUARANTINE_ASSET):
+                extra = landed if key == QUARANTINE_ASSET else _raw_only(landed)
+            elif key == speed_key(TRENDING):
+                extra = _trending_top10(session, config, report)
+            else:
+                extra = {}
             yield MaterializeResult(asset_key=key, metadata={**metadata, **extra})
 
     return counts
+
+
+LANDING_SPECS = [
+    AssetSpec(
+        RAW_ASSET,
+        group_name=GROUP,
+        deps=[TOPIC_ASSET],
+        kinds={"spark", "hive", "parquet"},
+        description=(
+            "Every valid play event exactly once in the Hive table lambda_arch.play_events "
+            "(Parquet, partitioned by dt and hour of event time); late and repeated events "
+            "included, the batch layer deduplicates. Landed by the counts query."
+        ),
+    ),
+    AssetSpec(
+        QUARANTINE_ASSET,
+        group_name=GROUP,
+        deps=[TOPIC_ASSET],
+        kinds={"spark", "hive", "parquet"},
+        description=(
+            "Malformed records with their raw payload, the reason, and topic, partition "
+            "and offset (lambda_arch.play_events_quarantine). Landed by the counts query."
+        ),
+    ),
+]
+
+
+def landing_metadata(report: StreamReport) -> dict[str, int | float]:
+    """What a run landed: records, valid, quarantined, of those from the future (more than
+    LAMBDA_ARCH_MAX_CLOCK_SKEW_MIN ahead of Kafka), and the quarantined share."""
+    records = int(report.observed.get("landing.records", 0))
+    quarantined = int(report.observed.get("landing.quarantined", 0))
+    return {
+        "records": records,
+        "valid": int(report.observed.get("landing.valid", 0)),
+        "quarantined": quarantined,
+        "quarantined_future": int(report.observed.get("landing.future", 0)),
+        "quarantine_ratio": round(quarantined / records, 6) if records else 0.0,
+    }
+
+
+def _raw_only(landed: dict[str, int | float]) -> dict[str, int | float]:
+    return {k: landed[k] for k in ("records", "valid", "quarantined")}
 
 
 def _served(views: Sequence[CountView]) -> list[str]:
@@ -240,8 +300,8 @@ def _stream(
             "events_since_last_report": published["events"],
             "micro_batches_since_last_report": published["batches"],
         }
-        for view in views:
-            context.log_event(AssetMaterialization(asset_key=speed_key(view), metadata=metadata))
+        for key in (RAW_ASSET, QUARANTINE_ASSET, *(speed_key(view) for view in views)):
+            context.log_event(AssetMaterialization(asset_key=key, metadata=metadata))
         for view, refresh in refreshed.items():
             context.log_event(
                 AssetMaterialization(
@@ -284,64 +344,4 @@ sessions_speed = _speed_asset(
 )
 
 
-@multi_asset(
-    name=speed.LANDING,
-    specs=[
-        AssetSpec(
-            RAW_ASSET,
-            group_name=GROUP,
-            deps=[TOPIC_ASSET],
-            kinds={"spark", "hive", "parquet"},
-            description=(
-                "Every valid play event exactly once in the Hive table lambda_arch.play_events "
-                "(Parquet, partitioned by dt and hour of event time); late and repeated events "
-                "included, the batch layer deduplicates."
-            ),
-        ),
-        AssetSpec(
-            QUARANTINE_ASSET,
-            group_name=GROUP,
-            deps=[TOPIC_ASSET],
-            kinds={"spark", "hive", "parquet"},
-            description=(
-                "Malformed records with their raw payload, the reason, and topic, partition "
-                "and offset (lambda_arch.play_events_quarantine)."
-            ),
-        ),
-    ],
-    pool="spark",
-    op_tags={**SPARK_TAGS, **step_priority("landing")},
-)
-def landing(context: AssetExecutionContext, settings: LambdaArchSettings, spark: SparkResource):
-    """Land new Kafka records in the lake: valid ones in play_events, the rest in quarantine."""
-    config = settings.get()
-    report = speed.run_landing(spark.session(), config)
-    metadata = run_metadata(config, report)
-    records = int(report.observed.get("landing.records", 0))
-    valid = int(report.observed.get("landing.valid", 0))
-    quarantined = int(report.observed.get("landing.quarantined", 0))
-    future = int(report.observed.get("landing.future", 0))
-    context.log.info(
-        f"landing: {records} records in {report.micro_batches} micro-batches, "
-        f"{valid} valid, {quarantined} quarantined"
-    )
-    ratio = round(quarantined / records, 6) if records else 0.0
-    yield MaterializeResult(
-        asset_key=RAW_ASSET,
-        metadata={**metadata, "records": records, "valid": valid, "quarantined": quarantined},
-    )
-    yield MaterializeResult(
-        asset_key=QUARANTINE_ASSET,
-        metadata={
-            **metadata,
-            "records": records,
-            "quarantined": quarantined,
-            # Of those, events stamped more than LAMBDA_ARCH_MAX_CLOCK_SKEW_MIN ahead of Kafka.
-            "quarantined_future": future,
-            "quarantine_ratio": ratio,
-        },
-    )
-
-
-# Landing first: the batch layer reads what it lands, and a run catches everything up in order.
-SPEED_ASSETS = [landing, counts, sessions_speed]
+SPEED_ASSETS = [counts, sessions_speed]

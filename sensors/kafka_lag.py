@@ -14,7 +14,7 @@ from dagster import (
 
 from assets.jobs import SPEED_JOB_NAME, STREAM_JOB_NAME, speed_job
 from assets.serving import sessions_serving
-from assets.speed import QUARANTINE_ASSET, RAW_ASSET, TOPIC_ASSET, sessions_speed
+from assets.speed import TOPIC_ASSET, sessions_speed
 from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError
 from lambda_arch.runtime.broker import ServiceError, require_reachable
 from lambda_arch.speed import layer as speed
@@ -23,8 +23,9 @@ from resources import LambdaArchSettings
 from sensors.runs import job_in_flight
 
 LAG_SENSOR_INTERVAL_S = 10
-# What a speed run does while views_stream_job runs: landing and sessions, and serving sessions.
-BESIDE_STREAM = [RAW_ASSET, QUARANTINE_ASSET, sessions_speed.key, sessions_serving.key]
+# What a speed run does while views_stream_job runs (which lands and counts every view):
+# sessions, and serving sessions.
+BESIDE_STREAM = [sessions_speed.key, sessions_serving.key]
 
 
 class SpeedLayerStalled(RuntimeError):
@@ -51,7 +52,7 @@ def kafka_lag_sensor(
 ) -> SensorResult | SkipReason:
     config = settings.get()
     checkpoints = speed.checkpoints_of(config)
-    # A continuous views run keeps every count view current: a speed run then lands and
+    # A continuous views run lands and keeps every count view current: a speed run then
     # stitches sessions only (its view steps would merely wait for the stream to pass them).
     streaming = config.speed_stream_s > 0 and job_in_flight(context.instance, STREAM_JOB_NAME)
     if streaming:

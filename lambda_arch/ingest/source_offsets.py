@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,15 @@ def latest_commit(checkpoint_dir: str | Path) -> int | None:
     if not commits.is_dir():
         return None
     return max((int(f.name) for f in commits.iterdir() if f.name.isdigit()), default=None)
+
+
+def batch_watermark(checkpoint_dir: str | Path, batch_id: int) -> datetime | None:
+    """The event-time watermark micro-batch `batch_id` applies (Spark writes it in the batch's
+    offset log entry before running the batch); None before any watermark was set."""
+    path = _checkpoint_root(checkpoint_dir) / "offsets" / str(batch_id)
+    metadata = json.loads(path.read_text().splitlines()[1])
+    millis = int(metadata.get("batchWatermarkMs") or 0)
+    return datetime.fromtimestamp(millis / 1000, UTC) if millis > 0 else None
 
 
 def _committed_entry(checkpoint_dir: str | Path, source_index: int) -> dict[str, Any] | None:

@@ -299,10 +299,11 @@ def record_ends(settings: Settings, *, final: bool = False) -> None:
 
 
 def landing_lag(settings: Settings) -> int:
-    """Records on the topic that the landing query has not landed (0 when that is unknown)."""
+    """Records on the topic that the speed layer has not landed (0 when that is unknown)."""
     from lambda_arch.speed.lag import measure_lag
+    from lambda_arch.speed.layer import LANDING, checkpoint_of
 
-    checkpoint = settings.checkpoints_dir / "landing"
+    checkpoint = checkpoint_of(settings, LANDING)
     with contextlib.suppress(KafkaError, KafkaOffsetsError, OSError):
         return measure_lag(
             settings.bootstrap_servers, settings.topic, {"landing": checkpoint}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
@@ -72,9 +72,3 @@ def fill_deltas(
     columns = ["event_id", "event_type", "event_time", "partition", "offset", *view.dimensions]
     kept = list(dict.fromkeys(columns))
     return count_deltas(deduplicate(below_offsets(events, offsets).select(*kept)), view)
-
-
-def landing_gap(landed: Mapping[int, int] | None, counted: Mapping[int, int]) -> dict[int, Any]:
-    """Partitions where the landing has not reached the counts query's offsets."""
-    landed = landed or {}
-    return {p: (landed.get(p), o) for p, o in counted.items() if landed.get(p, 0) < o}

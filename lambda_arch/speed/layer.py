@@ -1,13 +1,18 @@
-"""The speed layer: Kafka -> parse -> valid -> watermark -> dedup -> views.
+"""The speed layer: Kafka -> parse -> land -> late and repeated events out -> views.
 
-One query, `counts`, counts every declared count view (`declared_views`): its foreachBatch
-caches the deduplicated micro-batch once and writes each view's `count_deltas` into that view's
-table, so a view added adds no Kafka read and no streaming query. Sessions and the raw landing
-are queries of their own.
+One query, `counts`, reads each micro-batch of the topic once. Its foreachBatch
+(`write_speed_batch`) lands every record in the lake (valid events in play_events, the rest in
+play_events_quarantine: `lambda_arch.batch.lake.write_landing_batch`), leaves out late and
+repeated events with state of its own (`lambda_arch.speed.dedup`), and writes every declared
+count view's `count_deltas` into that view's table: a view added adds no Kafka read and no
+streaming query. Sessions are a second query (`run_sessions_speed`): Spark's session windows
+keep open sessions in their state store across runs, exactly, which a stitching of our own
+inside the micro-batch would have to rebuild.
 
-Every query reads the topic through `lambda_kafka` with admission control
-(`maxEventsPerBatch`), has its own checkpoint `settings.checkpoints_dir/<name>` and runs with
-`trigger(availableNow=True)` through `lambda_arch.speed.streaming.run_available_now`.
+Both queries read the topic through `lambda_kafka` with admission control
+(`maxEventsPerBatch`), have their own checkpoint `settings.checkpoints_dir/<name>` and run with
+`trigger(availableNow=True)` through `lambda_arch.speed.streaming.run_available_now` (or as a
+continuous query: `stream_counts`).
 
 Tables under the speed root (`SpeedPaths`, by default `<warehouse>/speed`):
 - `<view>_speed/batch_id=<N>/` for every count view (`trending_speed`, `discovery_speed`,
@@ -17,16 +22,15 @@ Tables under the speed root (`SpeedPaths`, by default `<warehouse>/speed`):
   once. A view declared after the query ran gets one folder for what the query read before
   (`lambda_arch.speed.counts`).
 - `sessions_speed/batch_id=<N>/`: sessions closed in batch N (append mode emits each once).
+- `_dedup/`: the ids the counts query counted (`lambda_arch.speed.dedup`).
 - `_state/<name>.json`: max event time, watermark and offsets after the last run, for the
-  serving layer and `status` without Spark (`read_speed_state`): one per query, and one per
-  count view (`<view>_speed`, the counts query's state). `_state/counts_views.json`: the views
-  the counts query writes.
+  serving layer, the batch layer and `status` without Spark (`read_speed_state`): one per query,
+  and copies of the counts query's for the landing (`landing`) and every count view
+  (`<view>_speed`). `_state/counts_views.json`: the views the counts query writes.
 
-Checkpoints: `settings.checkpoints_dir/<query>`; every count view's name (`<view>_speed`)
-resolves to the counts query's (`checkpoint_of`).
-
-`run_landing` is the raw landing query of the same kind (every record into the lake's
-play_events and play_events_quarantine through `lambda_arch.batch.lake.write_landing_batch`).
+Checkpoints: `settings.checkpoints_dir/<query>`; the landing's and every count view's name
+(`landing`, `<view>_speed`) resolve to the counts query's (`checkpoint_of`). A home of an older
+version, whose landing was a query of its own, is handed over once (`_hand_over_landing`).
 
 Semantics (CONTRACT section 3): the watermark is the latest event time seen minus the allowed
 lateness; an event older than the watermark when its micro-batch starts is dropped (counted as
@@ -47,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
 
+from lambda_arch.batch import lake as lake_module
+from lambda_arch.batch.lake import EVENTS_TABLE, QUARANTINE_TABLE, Lake, write_landing_batch
 from lambda_arch.common.config import Settings
 from lambda_arch.common.files import is_local, local_path, read_text, write_text
 from lambda_arch.common.storage import hadoop_uri, pyarrow_filesystem
@@ -57,6 +63,7 @@ from lambda_arch.ingest.kafka_options import source_options
 from lambda_arch.ingest.kafka_source import SOURCE_NAME, register_kafka_source
 from lambda_arch.ingest.schema import REASON_FUTURE
 from lambda_arch.ingest.source_offsets import (
+    batch_watermark,
     checkpoint_offsets,
     checkpoint_topic_id,
     latest_commit,
@@ -65,6 +72,7 @@ from lambda_arch.ingest.source_offsets import (
 )
 from lambda_arch.ingest.spark_schema import QUARANTINE_REASON_COLUMN, parse_events
 from lambda_arch.speed import counts as registry
+from lambda_arch.speed.dedup import DedupState
 from lambda_arch.speed.streaming import (
     CheckpointBusyError,
     StreamReport,
@@ -88,17 +96,21 @@ if TYPE_CHECKING:
 
     from pyspark.sql import DataFrame, SparkSession
 
-    from lambda_arch.batch.lake import Lake
-
 # Table and state-file names of the built-in count views, from their specs.
 TRENDING = view_specs.TRENDING.speed_query
 DISCOVERY = view_specs.DISCOVERY.speed_query
 SESSIONS = view_specs.SESSIONS.speed_query
 LANDING = "landing"
-# The one query of every count view: its checkpoint and state file.
+# The one query that lands and counts every count view: its checkpoint and state file.
 COUNTS = "counts"
-# Every checkpointed query of the speed layer, landing first (as a speed run runs them).
-QUERIES = (LANDING, COUNTS, SESSIONS)
+# The stream id of the counts query's landed files (lambda_arch.batch.lake.landed_prefix): its
+# batch ids never collide with those of the landing query of older versions.
+LANDING_STREAM = COUNTS
+# Every checkpointed query of the speed layer.
+QUERIES = (COUNTS, SESSIONS)
+# The state file naming what the landing query of an older version already landed.
+LANDING_HANDOVER = "landing_handover"
+DEDUP_DIR = "_dedup"
 # The queries a continuous views run (`stream_counts`) runs.
 STREAMED_VIEWS = (COUNTS,)
 STATE_DIR = "_state"
@@ -144,15 +156,20 @@ class SpeedPaths:
     def state_file(self, name: str) -> str:
         return f"{self.root.rstrip('/')}/{STATE_DIR}/{name}.json"
 
+    def dedup(self, settings: Settings) -> DedupState:
+        """The counts query's dedup state."""
+        lateness = timedelta(minutes=settings.allowed_lateness_min)
+        return DedupState(f"{self.root.rstrip('/')}/{DEDUP_DIR}", lateness)
+
 
 def _root(paths: SpeedPaths | str) -> SpeedPaths:
     return paths if isinstance(paths, SpeedPaths) else SpeedPaths(str(paths))
 
 
 def checkpoint_of(settings: Settings, name: str) -> str:
-    """A query's checkpoint folder; a count view's table name (`<view>_speed`) names the
-    counts query's, which writes it."""
-    if name != SESSIONS and name.endswith("_speed"):
+    """A query's checkpoint folder; the landing and a count view's table name (`<view>_speed`)
+    name the counts query's, which writes them."""
+    if name == LANDING or (name != SESSIONS and name.endswith("_speed")):
         name = COUNTS
     return str(settings.checkpoints_dir / name)
 
@@ -170,17 +187,56 @@ def lock_dir_of(settings: Settings) -> Path:
 # them to the server; they use the DataFrame API only.
 
 
-def write_counts_batch(
-    targets: tuple[tuple[CountView, str], ...], batch_df: DataFrame, batch_id: int
-) -> None:
-    """foreachBatch: the micro-batch's deltas of every count view, each into its
-    `<table>/batch_id=<N>/`. The deduplicated batch is cached once and counted per view."""
+@dataclass(frozen=True)
+class SpeedSink:
+    """What the counts query's foreachBatch writes to (pickled to the server under Connect)."""
+
+    lake: Lake
+    targets: tuple[tuple[CountView, str], ...]  # every count view and its table's URI
+    dedup: DedupState
+    checkpoint: str
+    columns: tuple[str, ...]  # the event columns the views and the dedup read
+    handover_file: str  # what an older version's landing query landed (none: no file)
+
+
+def write_speed_batch(sink: SpeedSink, batch_df: DataFrame, batch_id: int) -> None:
+    """foreachBatch of the counts query: land the micro-batch, then count its on-time, new
+    events into every view's `<table>/batch_id=<N>/`. Each step is idempotent per batch id,
+    so a retry after a crash writes the same files again."""
     batch_df.persist()
     try:
-        for view, table in targets:
-            write_batch(table, count_deltas(batch_df, view), batch_id)
+        landed_below = read_landed_below(sink.handover_file)
+        write_landing_batch(
+            _not_landed(batch_df, landed_below), batch_id, sink.lake, stream=LANDING_STREAM
+        )
+        spark_watermark = batch_watermark(sink.checkpoint, batch_id)
+        # Spark's watermark is the contract's minus SPARK_WATERMARK_MARGIN (see there).
+        watermark = spark_watermark + SPARK_WATERMARK_MARGIN if spark_watermark else None
+        events = valid_events(batch_df).select(*sink.columns)
+        counted, _ = sink.dedup.admit(events, batch_id, watermark)
+        try:
+            for view, table in sink.targets:
+                write_batch(table, count_deltas(counted, view), batch_id)
+        finally:
+            counted.unpersist()
     finally:
         batch_df.unpersist()
+
+
+def _not_landed(batch_df: DataFrame, landed_below: Mapping[int, int]) -> DataFrame:
+    """The records an older version's landing query had not landed yet (all when none)."""
+    if not landed_below:
+        return batch_df
+    below = F.create_map(*[F.lit(x) for p, o in sorted(landed_below.items()) for x in (p, o)])
+    return batch_df.where(F.col("offset") >= F.coalesce(below[F.col("partition")], F.lit(0)))
+
+
+def read_landed_below(handover_file: str) -> dict[int, int]:
+    """Per partition, the offset below which an older version's landing query landed."""
+    text = read_text(handover_file)
+    if text is None:
+        return {}
+    return {int(p): int(o) for p, o in json.loads(text)["landed_below"].items()}
 
 
 def write_batch(table: str, batch_df: DataFrame, batch_id: int) -> None:
@@ -251,16 +307,17 @@ def run_counts_speed(
     paths: SpeedPaths | None = None,
     *,
     views: Sequence[CountView] | None = None,
+    lake: Lake | None = None,
     timeout_s: float | None = None,
     lock_timeout_s: float = 300.0,
 ) -> StreamReport:
-    """Catch every count view's deltas up with the topic (availableNow) in one query.
+    """Land and catch every count view's deltas up with the topic (availableNow) in one query.
 
     `views` defaults to `count_views(settings)`. A view new to the query is filled first from
     the lake (`lambda_arch.speed.counts`). Returns the run's report (name `counts`)."""
     paths = paths or SpeedPaths.from_settings(settings)
     chosen = tuple(views) if views is not None else count_views(settings)
-    writer, checkpoint, prepare = _counts_writer(spark, settings, paths, chosen)
+    writer, checkpoint, prepare = _counts_writer(spark, settings, paths, chosen, lake)
     return _run(
         spark,
         settings,
@@ -329,31 +386,83 @@ def run_sessions_speed(
 
 
 def _counts_writer(
-    spark: SparkSession, settings: Settings, paths: SpeedPaths, views: Sequence[CountView]
+    spark: SparkSession,
+    settings: Settings,
+    paths: SpeedPaths,
+    views: Sequence[CountView],
+    lake: Lake | None = None,
 ) -> tuple[Any, str, Callable[[], None]]:
     checkpoint = checkpoint_of(settings, COUNTS)
     _check_old_checkpoints(settings, paths)
     for view in views:
         _check_fresh(checkpoint, paths.table(view_specs.spec_of(view).speed_query))
-    targets = tuple(
-        (view, hadoop_uri(paths.table(view_specs.spec_of(view).speed_query))) for view in views
+    lake = lake or Lake.from_settings(settings)
+    lake.ensure_tables(spark)
+    sink = SpeedSink(
+        lake=lake,
+        targets=tuple(
+            (view, hadoop_uri(paths.table(view_specs.spec_of(view).speed_query))) for view in views
+        ),
+        dedup=paths.dedup(settings),
+        checkpoint=checkpoint,
+        columns=input_columns(views),
+        handover_file=paths.state_file(LANDING_HANDOVER),
     )
-    # Each view is applied to each deduplicated micro-batch (stateless per batch): its output
+    # Each view is applied to each micro-batch's new events (stateless per batch): its output
     # is that batch's deltas, and the sum over batches is the view.
-    writer = (
-        speed_events(spark, settings, input_columns(views))
-        .writeStream.outputMode("append")
-        .foreachBatch(partial(write_counts_batch, targets))
+    writer = landing_stream(spark, settings).writeStream.foreachBatch(
+        partial(write_speed_batch, sink)
     )
-    return writer, checkpoint, partial(_prepare_views, spark, settings, paths, views)
+    return writer, checkpoint, partial(_prepare, spark, settings, paths, views, lake)
 
 
-def _prepare_views(
-    spark: SparkSession, settings: Settings, paths: SpeedPaths, views: Sequence[CountView]
+def landing_stream(spark: SparkSession, settings: Settings) -> DataFrame:
+    """Every record of the topic, parsed (quarantined ones with their reason), with the
+    observed metrics of a run (`landing.records`, `.valid`, `.quarantined`, `.future`) and
+    the event-time watermark the counts query's foreachBatch applies."""
+    register_kafka_source(spark)
+    _ship_code(spark, lake_module)
+    options = source_options(
+        settings.bootstrap_servers,
+        settings.topic,
+        max_events_per_batch=settings.max_events_per_batch,
+        failOnDataLoss=settings.fail_on_data_loss,
+    )
+    raw = spark.readStream.format(SOURCE_NAME).options(**options).load()
+    reason = F.col(QUARANTINE_REASON_COLUMN)
+    # Events from the future are quarantined here, before the watermark: they never move it.
+    parsed = parse_events(raw, "value", "timestamp", settings.max_clock_skew_min).observe(
+        LANDING,
+        F.count(F.lit(1)).alias("records"),
+        F.count_if(reason.isNull()).alias("valid"),
+        F.count(reason).alias("quarantined"),
+        F.count_if(reason == REASON_FUTURE).alias("future"),
+    )
+    # No stateful operator: the watermark drops nothing here. Spark keeps it in the offset log
+    # (the batch's `batchWatermarkMs`), where write_speed_batch reads it, and reports the
+    # latest event time read, from which the batch layer knows which days are complete.
+    return parsed.withWatermark("event_time", f"{_spark_delay_ms(settings)} milliseconds")
+
+
+def _spark_delay_ms(settings: Settings) -> int:
+    margin_ms = SPARK_WATERMARK_MARGIN // timedelta(milliseconds=1)
+    return settings.allowed_lateness_min * 60_000 + margin_ms
+
+
+def _prepare(
+    spark: SparkSession,
+    settings: Settings,
+    paths: SpeedPaths,
+    views: Sequence[CountView],
+    lake: Lake,
 ) -> None:
-    """Under the counts checkpoint's lock, before its query starts: fill every view new to
-    the query from the lake (lambda_arch.speed.counts) and record the views it writes."""
+    """Under the counts checkpoint's lock, before its query starts: hand an older version's
+    landing over, refuse a new checkpoint over landed files, fill every view new to the query
+    from the lake (lambda_arch.speed.counts) and record the views it writes."""
     checkpoint = checkpoint_of(settings, COUNTS)
+    handed_over = _hand_over_landing(settings, paths, checkpoint)
+    if not handed_over:
+        _check_fresh_lake(checkpoint, lake)
     state_file = paths.state_file(registry.REGISTRY)
     known = registry.read_registry(state_file)
     latest = latest_commit(checkpoint)
@@ -365,12 +474,8 @@ def _prepare_views(
     kept = {name: first for name, first in known.items() if name in declared}
     added = registry.new_views(views, known)
     if added:
+        # The lake holds every record the query read: the query lands what it counts.
         offsets = checkpoint_offsets(checkpoint) or {}
-        _require_landed(spark, settings, offsets)
-        from lambda_arch.batch import lake as lake_module
-
-        lake = lake_module.Lake.from_settings(settings)
-        lake.ensure_tables(spark)
         for view in added:
             table = paths.table(view_specs.spec_of(view).speed_query)
             _remove_batches(table)  # left by an earlier declaration of the same name
@@ -384,21 +489,49 @@ def _prepare_views(
         registry.write_registry(state_file, kept)
 
 
-def _require_landed(spark: SparkSession, settings: Settings, offsets: Mapping[int, int]) -> None:
-    """A fill reads the lake: the landing must have landed what the counts query read. When
-    it has not (the speed job counts before it lands; a continuous counts query runs ahead of
-    the landing), the landing is caught up first (its own checkpoint and lock)."""
-    landed = checkpoint_offsets(checkpoint_of(settings, LANDING))
-    if registry.landing_gap(landed, offsets):
-        log.info("a new count view is filled from the lake: landing first")
-        run_landing(spark, settings)
-        landed = checkpoint_offsets(checkpoint_of(settings, LANDING))
-    gap = registry.landing_gap(landed, offsets)
-    if gap:
+def _hand_over_landing(settings: Settings, paths: SpeedPaths, checkpoint: str) -> bool:
+    """Take over from the landing query of an older version (`checkpoints/landing`): what it
+    landed (below its offsets) is not landed again. True while that applies.
+
+    Its offsets are written once to `_state/landing_handover.json`; the file goes once the
+    counts query has passed them, or the topic is a new incarnation (its offsets then say
+    nothing). Refused when the counts query had counted records that landing had not landed:
+    they would never reach the lake.
+    """
+    old = settings.checkpoints_dir / LANDING
+    handover = paths.state_file(LANDING_HANDOVER)
+    counted = checkpoint_offsets(checkpoint) or {}
+    below = read_landed_below(handover)
+    if below:
+        text = read_text(handover) or "{}"
+        bounds = _bounds(settings)
+        topic_id = json.loads(text).get("topic_id")
+        passed = all(counted.get(p, 0) >= o for p, o in below.items())
+        if passed or new_incarnation(topic_id, bounds.topic_id if bounds else None):
+            _delete_file(handover)
+            return False
+        return True
+    if not (old / "commits").is_dir() or (old / "handed_over").exists():
+        return False
+    landed = checkpoint_offsets(old) or {}
+    behind = {p: (landed.get(p, 0), o) for p, o in counted.items() if o > landed.get(p, 0)}
+    if behind:
         raise SpeedStateError(
-            "a new count view is filled from the lake, but the landing is behind the counts "
-            f"query (partition: (landed, counted) {gap}): run the landing first"
+            f"this home's landing query ({old}) of an older version is behind its counts query "
+            f"(partition: (landed, counted) {behind}): run `lambda-arch run` with that version "
+            "first, so that the lake holds every record counted"
         )
+    document = {"landed_below": {str(p): o for p, o in sorted(landed.items())}}
+    document["topic_id"] = checkpoint_topic_id(old)
+    write_text(handover, json.dumps(document, indent=1) + "\n")
+    (old / "handed_over").write_text("the counts query lands since this version\n")
+    log.info("landing handed over from %s: landed below %s", old, landed)
+    return bool(landed)
+
+
+def _delete_file(location: str) -> None:
+    filesystem, path = pyarrow_filesystem(location)
+    filesystem.delete_file(path)
 
 
 def _remove_batches(table: str) -> None:
@@ -448,6 +581,7 @@ def stream_counts(
     writer, checkpoint, prepare = _counts_writer(spark, settings, paths, chosen)
 
     def publish(batch: StreamReport) -> None:
+        batch = with_dedup_stats(batch, paths.dedup(settings))
         state = _save_counts_state(paths, settings, batch, chosen)
         if on_batch is not None:
             on_batch(replace(batch, watermark=parse_optional_time(state.get("watermark"))))
@@ -543,6 +677,8 @@ def _run(
                 return replace(caught_up, watermark=parse_optional_time(state.get("watermark")))
             if time.monotonic() >= deadline:
                 raise
+    if name == COUNTS:
+        report = with_dedup_stats(report, paths.dedup(settings))
     state = _save_counts_state(paths, settings, report, views, name)
     if loss is not None:
         report_loss(settings, name, loss)
@@ -601,12 +737,13 @@ def _first_other_incarnation(
 
 
 def report_loss(settings: Settings, name: str, loss: IncarnationLoss) -> None:
-    """Log the loss; for the landing (records never landed are lost to both layers) also alert
-    (logs/alerts.jsonl and the webhook) unless nothing was lost for sure. The views' own losses
-    are in their run metadata: the batch layer counts whatever was landed."""
+    """Log the loss; for the counts query, which lands (records never landed are lost to both
+    layers), also alert (logs/alerts.jsonl and the webhook) unless nothing was lost for sure.
+    The sessions query's own loss is in its run metadata: the batch layer counts whatever was
+    landed."""
     line = loss.describe(name)
     log.warning("%s", line)
-    if name != LANDING or (loss.precision == "exact" and loss.total == 0):
+    if name != COUNTS or (loss.precision == "exact" and loss.total == 0):
         return
     from lambda_arch.quality import alerts
 
@@ -617,6 +754,14 @@ def report_loss(settings: Settings, name: str, loss: IncarnationLoss) -> None:
         metadata={"query": name, "topic": loss.topic, **loss.metadata()},
     )
     alerts.publish([alert], settings.logs_dir, settings.alert_webhook)
+
+
+def with_dedup_stats(report: StreamReport, dedup: DedupState) -> StreamReport:
+    """The counts query's report with the late events its foreachBatch left out (Spark's
+    progress counts only what stateful operators drop, and the query has none)."""
+    late = {s.batch_id: s.late for s in dedup.read_stats(b.batch_id for b in report.batches)}
+    batches = tuple(replace(b, late_events=late.get(b.batch_id, 0)) for b in report.batches)
+    return replace(report, batches=batches, late_events=sum(late.values()))
 
 
 def _caught_up_by_holder(
@@ -677,58 +822,30 @@ def run_landing(
     timeout_s: float | None = None,
     lock_timeout_s: float = 300.0,
 ) -> StreamReport:
-    """Land every new Kafka record in the lake: valid events in play_events, the rest in
-    play_events_quarantine (`lambda_arch.batch.lake.write_landing_batch`, idempotent per batch id).
+    """Land every new Kafka record in the lake: the counts query (`run_counts_speed`), which
+    lands valid events in play_events and the rest in play_events_quarantine as it counts
+    (`lambda_arch.batch.lake.write_landing_batch`, idempotent per batch id).
 
     The report's observed metrics count them per run: `landing.records`, `landing.valid`,
     `landing.quarantined` and, of those, `landing.future` (event_time in the future). No
-    watermark and no dedup here: the lake keeps every record, late and repeated ones included;
+    watermark and no dedup in the lake: it keeps every record, late and repeated ones included;
     the batch layer deduplicates.
     """
-    from lambda_arch.batch import lake as lake_module
-
-    lake = lake or lake_module.Lake.from_settings(settings)
-    checkpoint = checkpoint_of(settings, LANDING)
-    _check_fresh_lake(checkpoint, lake)
-    lake.ensure_tables(spark)
-    register_kafka_source(spark)
-    _ship_code(spark, lake_module)
-    options = source_options(
-        settings.bootstrap_servers,
-        settings.topic,
-        max_events_per_batch=settings.max_events_per_batch,
-        failOnDataLoss=settings.fail_on_data_loss,
+    return run_counts_speed(
+        spark, settings, lake=lake, timeout_s=timeout_s, lock_timeout_s=lock_timeout_s
     )
-    raw = spark.readStream.format(SOURCE_NAME).options(**options).load()
-    reason = F.col(QUARANTINE_REASON_COLUMN)
-    parsed = parse_events(raw, "value", "timestamp", settings.max_clock_skew_min).observe(
-        LANDING,
-        F.count(F.lit(1)).alias("records"),
-        F.count_if(reason.isNull()).alias("valid"),
-        F.count(reason).alias("quarantined"),
-        F.count_if(reason == REASON_FUTURE).alias("future"),
-    )
-    # A watermark without a stateful operator drops nothing; it makes Spark report the latest
-    # event time landed, from which the batch layer knows which days are complete.
-    lateness = f"{settings.allowed_lateness_min} minutes"
-    writer = parsed.withWatermark("event_time", lateness).writeStream.foreachBatch(
-        partial(lake_module.write_landing_batch, lake=lake)
-    )
-    paths = SpeedPaths.from_settings(settings)
-    return _run(spark, settings, paths, LANDING, writer, checkpoint, timeout_s, lock_timeout_s)
 
 
 def _check_fresh_lake(checkpoint: str, lake: Lake) -> None:
-    """Refuse a never-started landing checkpoint over landed files: its batch ids would restart
-    at 0 and a retry of batch N replaces the files of batch N (see lambda_arch.batch.lake)."""
-    from lambda_arch.batch.lake import EVENTS_TABLE, QUARANTINE_TABLE
-
+    """Refuse a never-started counts checkpoint over landed files: it would land everything
+    again, and its batch ids restart at 0 (a retry of batch N replaces the files of batch N,
+    see lambda_arch.batch.lake)."""
     if (local_path(checkpoint) / "offsets").is_dir():
         return
     for table in (EVENTS_TABLE, QUARANTINE_TABLE):
         if any(stats.last_batch is not None for stats in lake.partition_dates(table=table)):
             raise SpeedStateError(
-                f"the lake at {lake.root} holds landed batches but the landing checkpoint "
+                f"the lake at {lake.root} holds landed batches but the counts checkpoint "
                 f"{checkpoint} is new: restore the checkpoint, or move the lake's tables aside"
             )
 
@@ -817,11 +934,12 @@ def _save_counts_state(
     views: Sequence[CountView],
     name: str = COUNTS,
 ) -> dict[str, Any]:
-    """A query's state file and, for the counts query, a copy for each count view it writes
-    (`<view>_speed`: what the serving refresh and status read per view)."""
+    """A query's state file and, for the counts query, a copy for the landing and each count
+    view it writes (`landing`, `<view>_speed`: what the batch layer, the serving refresh and
+    status read)."""
     state = _save_state(paths, name, settings, report)
-    for view in views:
-        query = view_specs.spec_of(view).speed_query
+    copies = [view_specs.spec_of(view).speed_query for view in views]
+    for query in [LANDING, *copies] if name == COUNTS else copies:
         text = json.dumps({**state, "query": query}, indent=1) + "\n"
         write_text(paths.state_file(query), text)
     return state

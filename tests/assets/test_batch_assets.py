@@ -22,7 +22,7 @@ from dagster._core.storage.tags import (
 )
 
 from assets.batch import BATCH_ASSETS
-from assets.speed import landing
+from assets.speed import counts
 from lambda_arch.batch import layer as batch
 from lambda_arch.batch.lake import Lake
 from lambda_arch.common.config import Settings
@@ -86,7 +86,7 @@ def test_a_three_day_backfill_is_one_run_and_reruns_change_nothing(
 ) -> None:
     # Days 1-3, and the first hour of day 4 so that day 3 is complete.
     send(speed_env, [*traffic(DAYS), play("d4", datetime(2026, 3, 4, 0, 30, tzinfo=UTC), 1)])
-    assert materialize([landing], resources=build_resources(), instance=instance).success
+    assert materialize([counts], resources=build_resources(), instance=instance).success
 
     requested = sensor_result(day_complete_sensor, instance)
     assert isinstance(requested, SensorResult)
@@ -103,7 +103,7 @@ def test_a_three_day_backfill_is_one_run_and_reruns_change_nothing(
         metadata = result.asset_materializations_for_node(name)[0].metadata
         assert metadata["days"].value == 3, name
     # One run materialized all three partitions of every batch asset.
-    assert len(instance.get_run_records()) == 2  # landing + the backfill
+    assert len(instance.get_run_records()) == 2  # counts (landing) + the backfill
     for asset in BATCH_ASSETS:
         keys = instance.get_materialized_partitions(asset.key)
         assert keys == {"2026-03-01", "2026-03-02", "2026-03-03"}
@@ -127,14 +127,14 @@ def test_late_events_make_a_computed_day_stale_and_the_sensor_requests_it(
     spark, speed_env: Settings, instance: DagsterInstance
 ) -> None:
     send(speed_env, [*traffic(DAYS[:1]), play("d2", datetime(2026, 3, 2, 1, 0, tzinfo=UTC), 1)])
-    assert materialize([landing], resources=build_resources(), instance=instance).success
+    assert materialize([counts], resources=build_resources(), instance=instance).success
     assert materialize(
         BATCH_ASSETS, resources=build_resources(), instance=instance, partition_key="2026-03-01"
     ).success
     assert isinstance(sensor_result(stale_partition_sensor, instance), SkipReason)
 
     send(speed_env, [play("late", datetime(2026, 3, 1, 12, 1, tzinfo=UTC), 99)])
-    assert materialize([landing], resources=build_resources(), instance=instance).success
+    assert materialize([counts], resources=build_resources(), instance=instance).success
     stale = sensor_result(stale_partition_sensor, instance)
     assert isinstance(stale, SensorResult)
     (request,) = stale.run_requests

@@ -18,7 +18,7 @@ from assets.checks import (
     speed_freshness_checks,
     speed_matches_batch,
 )
-from assets.speed import SPEED_ASSETS, counts, landing
+from assets.speed import SPEED_ASSETS, counts
 from lambda_arch.batch.lake import Lake
 from lambda_arch.common.config import Settings
 from resources import build_resources
@@ -26,7 +26,7 @@ from tests.assets.test_batch_assets import send
 
 DAY = date(2026, 3, 1)
 START = datetime(2026, 3, 1, tzinfo=UTC)
-# The checks of the batch assets (the raw one targets play_events_raw, landing's output).
+# The checks of the batch assets (the raw one targets play_events_raw, an output of counts).
 BATCH_CHECKS = [*GX_CHECKS[1:], speed_matches_batch]
 
 
@@ -77,18 +77,19 @@ def test_landing_checks_pass_then_fail_on_malformed_traffic_bad_rows_and_stalls(
     spark, speed_env: Settings, instance: DagsterInstance
 ) -> None:
     send(speed_env, day_traffic(200))
-    result = run(instance, [landing, raw_events_expectations, quarantine_ratio])
+    result = run(instance, [counts, raw_events_expectations, quarantine_ratio])
     assert result.success
     raw = checks_of(result, "raw_events_expectations")
     assert raw.passed, raw.metadata["failures"].value
     assert raw.metadata["rows"].value == 201
     assert checks_of(result, "quarantine_ratio").passed
 
-    # Freshness: fresh right after landing; trending_speed never ran; a stalled layer is overdue.
+    # Freshness: fresh right after landing; sessions_speed never ran; a stalled layer is overdue.
     fresh = speed_freshness_checks(timedelta(minutes=15))
     evaluations = freshness(run(instance, [*SPEED_ASSETS, *fresh], selection=checks(fresh)))
     assert evaluations["play_events_raw"].passed
-    assert not evaluations["trending_speed"].passed
+    assert evaluations["trending_speed"].passed  # landed and counted by the same query
+    assert not evaluations["sessions_speed"].passed
     time.sleep(1.5)
     tight = speed_freshness_checks(timedelta(seconds=1))
     stalled = freshness(run(instance, [*SPEED_ASSETS, *tight], selection=checks(tight)))
@@ -97,12 +98,12 @@ def test_landing_checks_pass_then_fail_on_malformed_traffic_bad_rows_and_stalls(
 
     # 3 malformed of 103 records: above 1% (WARN), then 8 of 108 above 5% (ERROR).
     send(speed_env, [*[event(500 + n, START) for n in range(100)], *[b"{oops"] * 3])
-    warned = checks_of(run(instance, [landing, quarantine_ratio]), "quarantine_ratio")
+    warned = checks_of(run(instance, [counts, quarantine_ratio]), "quarantine_ratio")
     assert not warned.passed and warned.severity == AssetCheckSeverity.WARN
     assert warned.metadata["quarantine_ratio"].value == round(3 / 103, 6)
     assert warned.metadata["cumulative_ratio"].value == round(3 / 304, 6)
     send(speed_env, [*[event(700 + n, START) for n in range(100)], *[b'{"a": 1}'] * 8])
-    errored = checks_of(run(instance, [landing, quarantine_ratio]), "quarantine_ratio")
+    errored = checks_of(run(instance, [counts, quarantine_ratio]), "quarantine_ratio")
     assert not errored.passed and errored.severity == AssetCheckSeverity.ERROR
 
     # A row written into the lake behind the landing's back (unknown country, negative id).
@@ -115,7 +116,7 @@ def test_landing_checks_pass_then_fail_on_malformed_traffic_bad_rows_and_stalls(
     failed = checks_of(
         run(
             instance,
-            [landing, raw_events_expectations],
+            [counts, raw_events_expectations],
             selection=checks([raw_events_expectations]),
         ),
         "raw_events_expectations",
@@ -129,10 +130,10 @@ def test_batch_checks_pass_on_good_days_and_fail_on_bad_rows(
     spark, speed_env: Settings, instance: DagsterInstance
 ) -> None:
     send(speed_env, day_traffic())
-    assert run(instance, [landing, counts]).success
+    assert run(instance, [counts]).success
     # Late plays of DAY after the speed watermark passed it: landed, dropped by the speed layer.
     send(speed_env, [event(8_000 + n, START + timedelta(hours=12, seconds=n)) for n in range(3)])
-    speed_run = run(instance, [landing, counts])
+    speed_run = run(instance, [counts])
     (late,) = [
         m.metadata
         for m in speed_run.asset_materializations_for_node("counts")
@@ -219,7 +220,7 @@ def test_a_burst_of_events_from_the_future_shows_in_the_quarantine_ratio_check(
         speed_env,
         [*[event(n, START) for n in range(100)], *[event(900 + n, ahead) for n in range(3)]],
     )
-    result = run(instance, [landing, quarantine_ratio])
+    result = run(instance, [counts, quarantine_ratio])
     check = checks_of(result, "quarantine_ratio")
     assert not check.passed and check.severity == AssetCheckSeverity.WARN
     assert check.metadata["quarantined"].value == 3

@@ -45,11 +45,11 @@ def test_speed_job_serves_what_it_counted_and_the_sensor_follows_batch_runs(
     assert "| rank | title_id | plays |" in served["top_10"].value
     for name in ("discovery_serving", "sessions_serving"):
         assert result.asset_materializations_for_node(name)
-    # Freshness: the count views are counted (one query) and trending served first, landing
-    # and the checks come last.
+    # Freshness: the count views are counted (one query, which lands too) and trending served
+    # first, sessions after.
     order = [event.step_key for event in result.all_events if event.is_step_start]
     assert order[:3] == ["counts", "trending_serving", "discovery_serving"]
-    assert order.index("landing") > order.index("sessions_serving")
+    assert order.index("sessions_speed") > order.index("discovery_serving")
 
     store = ServingStore.from_settings(speed_env)
     whole = answers.trending(store, as_of=datetime(2026, 3, 2, 2, 0, tzinfo=UTC), window=26 * 60)

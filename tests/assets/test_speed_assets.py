@@ -88,10 +88,10 @@ def test_speed_assets_materialize_with_metadata_and_exact_counts(
     sessions = result.asset_materializations_for_node("sessions_speed")[0].metadata
     assert sessions["events_read"].value == EVENTS
 
-    # Landing: every valid Kafka record once (re-sent duplicates are distinct records; the
-    # batch layer's play_events_clean deduplicates them by event_id).
+    # Landing, by the same counts query: every valid Kafka record once (re-sent duplicates are
+    # distinct records; the batch layer's play_events_clean deduplicates them by event_id).
     landed = {
-        m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("landing")
+        m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("counts")
     }
     assert landed["play_events_raw"]["valid"].value == EVENTS
     assert landed["play_events_quarantine"]["quarantined"].value == 0
@@ -217,25 +217,20 @@ def test_lag_sensor_leaves_the_views_to_a_running_stream(
     alone = evaluate()
     assert alone.run_requests and alone.run_requests[0].asset_selection is None
 
-    # A views_stream_job run in flight: landing and sessions only.
+    # A views_stream_job run in flight (it lands and counts): sessions only.
     instance.create_run_for_job(job_def=defs.resolve_job_def(views_stream_job.name))
     beside = evaluate()
     request = (beside.run_requests or [])[0]
     selected = {key.to_user_string() for key in request.asset_selection or []}
-    assert selected == {
-        "play_events_raw",
-        "play_events_quarantine",
-        "sessions_speed",
-        "sessions_serving",
-    }
+    assert selected == {"sessions_speed", "sessions_serving"}
     result = defs.resolve_job_def("speed_job").execute_in_process(
         instance=instance, asset_selection=request.asset_selection
     )
     assert result.success
     done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert done == selected
-    landed = result.asset_materializations_for_node("landing")[0].metadata
-    assert landed["records"].value == 300
-    # The landing's checks still run with it.
+    sessions = result.asset_materializations_for_node("sessions_speed")[0].metadata
+    assert sessions["events_read"].value == 300
+    # The landing's checks run with the stream's counts step, not here.
     checks = {e.check_name for e in result.get_asset_check_evaluations()}
-    assert {"quarantine_ratio", "raw_events_expectations"} <= checks, checks
+    assert not {"quarantine_ratio", "raw_events_expectations"} & checks, checks

@@ -114,7 +114,11 @@ def _failure_messages(result) -> str:
 def test_runs_and_sensors_name_the_bad_views_file(bad_views: Path) -> None:
     from lambda_arch.definitions import defs
 
-    speed_keys = [AssetKey(f"{v}_speed") for v in ("trending", "discovery", "device_mix")]
+    speed_keys = [
+        AssetKey("play_events_raw"),
+        AssetKey("play_events_quarantine"),
+        *(AssetKey(f"{v}_speed") for v in ("trending", "discovery", "device_mix")),
+    ]
     with instance_for_test() as instance:
         speed = defs.resolve_job_def("speed_job").execute_in_process(
             instance=instance, asset_selection=speed_keys, raise_on_error=False
@@ -155,7 +159,7 @@ def test_a_declared_views_checks_pass_on_good_days_and_fail_on_bad_rows(
     filter dimensions) and the reconciliation of a view declared only here, on a real run."""
     from assets.batch import play_events_clean, view_batch_asset
     from assets.checks import reconciliation_check, view_batch_check
-    from assets.speed import counts_asset, landing
+    from assets.speed import counts_asset
     from lambda_arch.batch.lake import Lake
     from lambda_arch.views.declarations import declared_views
     from tests.assets.test_batch_assets import send
@@ -170,7 +174,7 @@ def test_a_declared_views_checks_pass_on_good_days_and_fail_on_bad_rows(
     assets = [play_events_clean, view_batch_asset(view), suite, reconciled]
 
     send(speed_env, day_traffic())
-    assert run(instance, [landing, counts_asset(views)]).success
+    assert run(instance, [counts_asset(views)]).success
     result = run(instance, assets, partition_key=DAY.isoformat())
     assert result.success
     evaluations = {

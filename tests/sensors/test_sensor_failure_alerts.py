@@ -68,7 +68,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def stack(tmp_path: Path, receiver: Receiver) -> Iterator[Stack]:
     """`lambda-arch up --no-traffic` without Spark (no run can start one), alerting to the
-    receiver, with a landing checkpoint whose committed offsets are garbage."""
+    receiver, with a counts checkpoint whose committed offsets are garbage."""
     home = tmp_path / "home"
     corrupt(home, b"\x00garbage, not JSON\n")
     env = stack_env(home, free_port(), free_port(), free_port())
@@ -80,9 +80,9 @@ def stack(tmp_path: Path, receiver: Receiver) -> Iterator[Stack]:
 
 
 def corrupt(home: Path, offsets: bytes | None) -> None:
-    """A landing checkpoint with one committed batch whose offsets file holds `offsets` as its
+    """A counts checkpoint with one committed batch whose offsets file holds `offsets` as its
     source line (None: the offsets file is missing)."""
-    checkpoint = home / "checkpoints" / "landing"
+    checkpoint = home / "checkpoints" / "counts"
     (checkpoint / "commits").mkdir(parents=True, exist_ok=True)
     (checkpoint / "offsets").mkdir(parents=True, exist_ok=True)
     (checkpoint / "commits" / "0").write_text('v1\n{"nextBatchWatermarkMs":0}\n')

@@ -156,12 +156,15 @@ def wait_for_run(stack: Stack, run_id: str, timeout_s: float) -> None:
 
 
 def land_events(stack: Stack) -> None:
-    """Land the topic in the lake with a real run: speed_job's landing step, from GraphQL."""
+    """Land the topic in the lake with a real run: speed_job's counts step (it lands and
+    counts every view), from GraphQL."""
+    from assets.speed import counts
+
     params = {
         "selector": {
             **REPOSITORY,
             "jobName": "speed_job",
-            "assetSelection": [{"path": ["play_events_raw"]}, {"path": ["play_events_quarantine"]}],
+            "assetSelection": [{"path": key.path} for key in counts.keys],
         },
         "mode": "default",
         "executionMetadata": {"tags": [{"key": "lambda_arch/reason", "value": "ui-test"}]},

@@ -12,7 +12,7 @@ from lambda_arch.common.config import Settings
 from lambda_arch.ingest.producer import ensure_topic, make_producer
 from lambda_arch.runtime.broker import EmbeddedBroker, free_port
 from lambda_arch.serving.store import ServingStore
-from lambda_arch.speed.layer import LANDING, QUERIES, SpeedPaths
+from lambda_arch.speed.layer import COUNTS, QUERIES, SpeedPaths
 
 
 def settings_for(home: Path, bootstrap: str, topic: str) -> Settings:
@@ -53,7 +53,7 @@ def test_a_fresh_home_without_a_broker(tmp_path: Path) -> None:
     lines = render_status(document).splitlines()
     assert lines[0] == f"home {tmp_path / 'home'}"
     assert lines[1] == f"kafka: topic plays: {document['kafka']['error']}"
-    assert f"speed {LANDING}: watermark -, late events 0, updated -" in lines
+    assert f"speed {COUNTS}: watermark -, late events 0, updated -" in lines
     assert "batch: landing watermark -, 0 complete days, missing -, stale -" in lines
     serving = [line for line in lines if line.startswith("serving ")]
     assert len(serving) == len(document["serving"]) and all("refreshed never" in s for s in serving)
@@ -69,7 +69,7 @@ def test_a_missing_topic_is_reported_not_raised(broker: EmbeddedBroker, tmp_path
 def test_after_a_few_records_and_a_landing_run(
     broker: EmbeddedBroker, topic: str, tmp_path: Path
 ) -> None:
-    from lambda_arch.speed.layer import _save_state
+    from lambda_arch.speed.layer import _save_counts_state
     from lambda_arch.speed.streaming import StreamReport
 
     settings = settings_for(tmp_path / "home", broker.bootstrap_servers, topic)
@@ -79,9 +79,9 @@ def test_after_a_few_records_and_a_landing_run(
         producer.send(topic, key=str(i).encode(), value=b"{}", partition=i % 2)
     producer.flush()
     producer.close()
-    # What a landing run leaves behind: its state file (the speed layer's own writer).
+    # What a counts run (which lands) leaves behind: its state files (the speed layer's own writer).
     landed = StreamReport(
-        name=LANDING,
+        name=COUNTS,
         checkpoint="",
         micro_batches=1,
         events_read=7,
@@ -94,14 +94,14 @@ def test_after_a_few_records_and_a_landing_run(
         late_events=2,
         observed={},
     )
-    _save_state(SpeedPaths.from_settings(settings), LANDING, settings, landed)
+    _save_counts_state(SpeedPaths.from_settings(settings), settings, landed, ())
 
     document = collect_status(settings)
     kafka = document["kafka"]
     assert kafka["bootstrap_servers"] == broker.bootstrap_servers
     assert kafka["end_offsets"] == {"0": 4, "1": 3}
     assert kafka["lag"] == dict.fromkeys(QUERIES, 7)  # no query has a checkpoint yet
-    landing = document["speed"][LANDING]
+    landing = document["speed"][COUNTS]
     assert landing["max_event_time"] == "2026-03-02T00:30:00.000Z"
     assert landing["watermark"] == "2026-03-02T00:20:00.000Z"  # minus the allowed lateness
     assert landing["late_events_total"] == 2 and landing["updated_at"]
@@ -112,7 +112,7 @@ def test_after_a_few_records_and_a_landing_run(
     lag = ", ".join(f"{query} 7" for query in QUERIES)
     assert f"kafka: topic {topic}, 7 records; lag: {lag}" in lines
     assert any(
-        line.startswith(f"speed {LANDING}: watermark 2026-03-02T00:20:00.000Z, late events 2")
+        line.startswith(f"speed {COUNTS}: watermark 2026-03-02T00:20:00.000Z, late events 2")
         for line in lines
     )
     batch = "batch: landing watermark 2026-03-02T00:20:00Z, 0 complete days"

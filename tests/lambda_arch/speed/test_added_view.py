@@ -100,8 +100,7 @@ def test_a_view_added_later_is_exact_in_batch_and_speed_after_its_fill(
     # views only) and computed by the batch layer.
     kafka.send(wave(datetime(2026, 3, 1, 22, 0, tzinfo=UTC), 300, seed=31))
     kafka.send(clock("clock-1", datetime(2026, 3, 2, 0, 30, tzinfo=UTC)))
-    run_landing(spark, plain, lake)
-    first = run_counts_speed(spark, plain, paths)
+    first = run_landing(spark, plain, lake)  # the counts query: it lands and counts
     model.apply(first, kafka.records)
     owed = batch.plan(plain, lake)
     assert owed.missing == [DAY1]
@@ -109,7 +108,7 @@ def test_a_view_added_later_is_exact_in_batch_and_speed_after_its_fill(
     assert batch.plan(plain, lake).missing == []
     assert read_registry(paths.state_file(REGISTRY)) == {v.name: -1 for v in BUILT_IN}
     trending_day1 = batch_counts(spark, lake, "trending_batch", DAY1)
-    # The speed layer runs ahead of the landing (as a continuous counts query does).
+    # One more micro-batch before the view is declared.
     kafka.send(clock("ahead", datetime(2026, 3, 2, 0, 31, tzinfo=UTC)))
     ahead = run_counts_speed(spark, plain, paths)
     model.apply(ahead, kafka.records)
@@ -121,8 +120,7 @@ def test_a_view_added_later_is_exact_in_batch_and_speed_after_its_fill(
     # More traffic, on day 2, then the speed layer with the view: filled, then counted.
     kafka.send(wave(datetime(2026, 3, 2, 0, 40, tzinfo=UTC), 200, seed=32))
     kafka.send(clock("clock-2", datetime(2026, 3, 3, 0, 30, tzinfo=UTC)))
-    # Not landed yet (the speed job counts before it lands; the counts query read a record
-    # the landing has not): the fill lands first.
+    # The fill reads the lake: the counts query landed every record it read before.
     counted_before = len(model.counted)
     second = run_counts_speed(spark, declared, paths)
     model.apply(second, kafka.records)

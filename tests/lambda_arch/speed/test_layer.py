@@ -128,6 +128,8 @@ def settings_for(
         LAMBDA_ARCH_TOPIC=kafka.name,
         LAMBDA_ARCH_MAX_EVENTS_PER_BATCH=max_events,
         LAMBDA_ARCH_ALLOWED_LATENESS_MIN=int(LATENESS.total_seconds() // 60),
+        # The counts query lands into the home's lake: a database of its own in the shared session.
+        LAMBDA_ARCH_DATABASE=f"speed_{uuid.uuid4().hex[:10]}",
     )
 
 
@@ -255,7 +257,13 @@ def test_every_count_view_exactly_once_with_late_events_in_one_query(
     late = trending_model.apply(report, kafka.records)
     assert late == 8  # the old plays arrive after the watermark moved past them
     assert report.late_events == late
-    assert report.observed == {"input.records": 400, "input.quarantined": rejected(kafka.records)}
+    quarantined = rejected(kafka.records)
+    assert report.observed == {
+        "landing.records": 400,
+        "landing.valid": 400 - quarantined,
+        "landing.quarantined": quarantined,
+        "landing.future": 0,
+    }
     view = counts_of(read_trending_speed(spark, paths))
     assert view == ref_trending(trending_model.counted)
     assert report.watermark == trending_model.watermark
@@ -447,7 +455,7 @@ def test_landing_keeps_every_record_once(
     kafka = new_topic(broker, topic, partitions=2)
     kafka.send(generated(120, seed=4, late_rate=0.0))
     settings = settings_for(tmp_path / "home", kafka, max_events=50)
-    lake = Lake(str(tmp_path / "warehouse"), f"speed_{uuid.uuid4().hex[:10]}")
+    lake = Lake.from_settings(settings)
     bad = rejected(kafka.records)
     assert bad > 0
 
@@ -467,8 +475,12 @@ def test_landing_keeps_every_record_once(
     again = run_landing(spark, settings, lake)
     assert again.events_read == 0 and read_play_events(spark, lake).count() == 120 - bad
 
-    with pytest.raises(SpeedStateError, match="landing checkpoint"):
-        run_landing(spark, settings_for(tmp_path / "other-home", kafka, 50), lake)
+    # Another home over the same lake: a new counts checkpoint would land everything again.
+    other = settings_for(tmp_path / "other-home", kafka, 50).model_copy(
+        update={"database": settings.database, "warehouse_setting": settings.warehouse}
+    )
+    with pytest.raises(SpeedStateError, match=r"checkpoint \S+/counts is new"):
+        run_landing(spark, other, lake)
 
 
 def test_stream_view_serves_as_it_goes_and_hands_over_to_available_now(
@@ -588,7 +600,12 @@ def test_an_event_from_the_future_moves_no_watermark(
     paths = SpeedPaths(str(tmp_path / "speed"))
     report = run_trending_speed(spark, settings, paths)
     assert report.events_read == 121 and report.micro_batches >= 6
-    assert report.observed == {"input.records": 121, "input.quarantined": 1}
+    assert report.observed == {
+        "landing.records": 121,
+        "landing.valid": 120,
+        "landing.quarantined": 1,
+        "landing.future": 1,
+    }
     assert report.late_events == 0
     on_time_events = [v for v in verdicts if isinstance(v, PlayEvent)]
     assert counts_of(read_trending_speed(spark, paths)) == ref_trending(on_time_events)
@@ -598,11 +615,8 @@ def test_an_event_from_the_future_moves_no_watermark(
     assert datetime.fromisoformat(state["max_event_time"]) == newest
     assert report.watermark == newest - LATENESS
 
-    # The landing quarantines it with its reason, and lands every on-time play as valid.
-    lake = Lake(str(tmp_path / "warehouse"), f"speed_{uuid.uuid4().hex[:10]}")
-    landed = run_landing(spark, settings, lake)
-    assert landed.observed["landing.future"] == 1
-    assert landed.observed["landing.valid"] == 120
+    # The same query quarantined it with its reason, and landed every on-time play as valid.
+    lake = Lake.from_settings(settings)
     rows = read_quarantine(spark, lake).select("reason", "offset").collect()
     assert [(r["reason"], r["offset"]) for r in rows] == [(REASON_FUTURE, 10)]
     assert read_play_events(spark, lake).count() == 120

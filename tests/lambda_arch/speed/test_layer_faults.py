@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import traceback
 import uuid
@@ -54,6 +53,7 @@ from lambda_arch.quality.alerts import read_alerts
 from lambda_arch.runtime.broker import EmbeddedBroker, free_port
 from lambda_arch.speed.lag import measure_lag
 from lambda_arch.speed.layer import (
+    LANDING_STREAM,
     SpeedPaths,
     checkpoint_of,
     checkpoints_of,
@@ -199,12 +199,16 @@ description = "Heartbeats and stops per device (a test view)."
 """
 
 
-def speed_settings(home: Path, topic: Topic, max_events: int) -> Settings:
+def speed_settings(
+    home: Path, topic: Topic, max_events: int, database: str | None = None
+) -> Settings:
     return Settings(
         LAMBDA_ARCH_HOME=str(home),
         KAFKA_BOOTSTRAP_SERVERS=topic.bootstrap,
         LAMBDA_ARCH_TOPIC=topic.name,
         LAMBDA_ARCH_MAX_EVENTS_PER_BATCH=max_events,
+        # The counts query lands into the home's lake: a database of its own in the shared session.
+        LAMBDA_ARCH_DATABASE=database or f"speed_{uuid.uuid4().hex[:10]}",
     )
 
 
@@ -238,6 +242,7 @@ def test_max_events_per_batch_caps_every_micro_batch_and_available_now_drains_al
     monkeypatch.setenv("LAMBDA_ARCH_MAX_EVENTS_PER_BATCH", str(cap))
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", topic.bootstrap)
     monkeypatch.setenv("LAMBDA_ARCH_TOPIC", topic.name)
+    monkeypatch.setenv("LAMBDA_ARCH_DATABASE", f"cap_{uuid.uuid4().hex[:10]}")
     settings = Settings.from_env()
     assert settings.max_events_per_batch == cap
     paths = SpeedPaths.from_settings(settings)
@@ -311,7 +316,7 @@ def test_malformed_records_are_quarantined_with_reasons_while_the_stream_goes_on
     assert len(rejected) == 3 * 16 and len(valid) == len(topic.records) - 3 * 16
     assert len({r.reason for r in rejected.values()}) >= 12  # a variety of reasons
     settings = speed_settings(tmp_path / "home", topic, max_events=60)
-    lake = Lake(str(tmp_path / "warehouse"), f"faults_{uuid.uuid4().hex[:10]}")
+    lake = Lake.from_settings(settings)
 
     landing = run_landing(spark, settings, lake)
 
@@ -322,6 +327,7 @@ def test_malformed_records_are_quarantined_with_reasons_while_the_stream_goes_on
         "landing.future": 0,  # of the quarantined: event_time in the future
     }
     # The bad records came in many different micro-batches, and every batch had good ones too.
+    assert landing.events_read == len(topic.records) and landing.micro_batches >= 3
     bad_batches = {batch_of(landing, p, o) for p, o in rejected}
     assert len(bad_batches) >= 3, bad_batches
     assert bad_batches <= {batch_of(landing, p, o) for p, o in valid}
@@ -359,15 +365,9 @@ def test_malformed_records_are_quarantined_with_reasons_while_the_stream_goes_on
         for position, e in valid.items()
     }  # fmt: skip
 
-    # The speed view goes on past every bad record and counts exactly the valid plays.
-    paths = SpeedPaths(str(tmp_path / "speed"))
-    trending = run_trending_speed(spark, settings, paths)
-    assert trending.events_read == len(topic.records) and trending.micro_batches >= 3
-    assert trending.observed == {
-        "input.records": len(topic.records),
-        "input.quarantined": len(rejected),
-    }
-    assert trending.late_events == 0
+    # The same run counted: past every bad record, exactly the valid plays.
+    paths = SpeedPaths.from_settings(settings)
+    assert landing.late_events == 0
     view = trending_view(spark, paths)
     assert view == expected_trending(list(valid.values()))
     assert sum(view.values()) == sum(e.event_type == "play_start" for e in valid.values()) > 50
@@ -504,9 +504,8 @@ CHILD_CODE = (
 
 
 def child_main(argv: list[str]) -> None:
-    """The speed process of the SIGKILL test: landing and the counts query (every count view)
-    at once, as separate queries of one Spark application; writes a JSON summary to argv[0]
-    when both are done."""
+    """The speed process of the SIGKILL test: the counts query (landing and every count view);
+    writes a JSON summary to argv[0] when it is done."""
     from lambda_arch.runtime.spark import build_session
 
     out = Path(argv[0])
@@ -524,16 +523,7 @@ def child_main(argv: list[str]) -> None:
         except BaseException:
             errors[name] = traceback.format_exc()
 
-    threads = [
-        threading.Thread(target=run, args=("landing", lambda: run_landing(spark, settings, lake))),
-        threading.Thread(
-            target=run, args=("counts", lambda: run_counts_speed(spark, settings, paths))
-        ),
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run("counts", lambda: run_counts_speed(spark, settings, paths))
     summary: dict[str, Any] = {"errors": errors, "reports": {}}
     for name, report in reports.items():
         summary["reports"][name] = {
@@ -552,7 +542,9 @@ def child_main(argv: list[str]) -> None:
     sys.exit(1 if errors else 0)
 
 
-def start_child(home: Path, topic: Topic, out: Path, views: Path) -> subprocess.Popen:
+def start_child(
+    home: Path, topic: Topic, out: Path, views: Path, database: str
+) -> subprocess.Popen:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -566,6 +558,7 @@ def start_child(home: Path, topic: Topic, out: Path, views: Path) -> subprocess.
         LAMBDA_ARCH_SPARK_MASTER="local[2]",
         LAMBDA_ARCH_SHUFFLE_PARTITIONS="2",
         LAMBDA_ARCH_VIEWS_FILE=str(views),
+        LAMBDA_ARCH_DATABASE=database,
         PYTHONPATH=str(REPO),
     )
     with open(out.with_suffix(".log"), "wb") as log:
@@ -577,6 +570,9 @@ def start_child(home: Path, topic: Topic, out: Path, views: Path) -> subprocess.
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the JVM and Python workers too
         )
+
+
+DEDUP_KINDS = ("batch_id", "snapshot")
 
 
 def kill_tree(process: subprocess.Popen) -> None:
@@ -611,7 +607,8 @@ def log_tail(out: Path) -> str:
 
 def staging_of(lake: Lake, batch_id: int) -> Path:
     """Where write_landing_batch stages a batch's files before publishing them."""
-    return Path(lake.location(EVENTS_TABLE)) / "_staging" / landed_prefix(batch_id).rstrip("-")
+    tag = landed_prefix(batch_id, LANDING_STREAM).rstrip("-")
+    return Path(lake.location(EVENTS_TABLE)) / "_staging" / tag
 
 
 def lake_positions(table_dir: Path) -> Counter:
@@ -647,14 +644,17 @@ def test_sigkill_mid_micro_batch_then_rerun_has_no_duplicate_and_no_gap(
     times = [e.event_time for e in valid.values()]
     assert max(times) - min(times) < LATENESS  # nothing can be late: the view is a plain count
     home = tmp_path / "home"
-    lake = Lake.from_settings(speed_settings(home, topic, KILL_MAX_EVENTS))
-    landing_checkpoint = home / "checkpoints" / "landing"
-    counts_checkpoint = home / "checkpoints" / "counts"
+    settings = speed_settings(home, topic, KILL_MAX_EVENTS)
+    lake = Lake.from_settings(settings)
+    checkpoint = home / "checkpoints" / "counts"
+    dedup_root = Path(SpeedPaths.from_settings(settings).dedup(settings).root)
     views = tmp_path / "views.toml"
     views.write_text(KILL_VIEWS_TOML, encoding="utf-8")
 
-    # Run 1: killed while both queries have a micro-batch in flight (after 1+ committed ones).
-    first = start_child(home, topic, tmp_path / "first.json", views)
+    # Run 1: killed with a micro-batch in flight (after 1+ committed ones) whose landing is
+    # published and whose dedup state is written, before its view deltas and its commit: the
+    # retry must not take its own ids for repeats.
+    first = start_child(home, topic, tmp_path / "first.json", views, settings.database)
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -662,28 +662,24 @@ def test_sigkill_mid_micro_batch_then_rerun_has_no_duplicate_and_no_gap(
                 f"the speed process ended early:\n{log_tail(tmp_path / 'first.json')}"
             )
             assert time.monotonic() < deadline, "no micro-batch in flight within 240 s"
-            landing_n, counts_n = in_flight(landing_checkpoint), in_flight(counts_checkpoint)
-            # Both in flight (neither the first batch), landing's output half written.
-            if landing_n and counts_n and staging_of(lake, landing_n).is_dir():
+            batch = in_flight(checkpoint)
+            if batch and any((dedup_root / f"{k}={batch}").is_dir() for k in DEDUP_KINDS):
                 kill_tree(first)
                 break
-            time.sleep(0.01)
+            time.sleep(0.005)
     finally:
         if first.poll() is None:
             kill_tree(first)
     assert first.returncode == -signal.SIGKILL
-    # The state it died in: each checkpoint has a planned batch without a commit.
-    killed: dict[str, tuple[int, dict[int, int] | None]] = {}
-    for name, checkpoint in (("landing", landing_checkpoint), ("counts", counts_checkpoint)):
-        offsets, commits = batch_ids(checkpoint, "offsets"), batch_ids(checkpoint, "commits")
-        assert offsets[-1] == commits[-1] + 1 >= 1, (name, offsets, commits)
-        killed[name] = (offsets[-1], checkpoint_offsets(checkpoint))
-    assert staging_of(lake, killed["landing"][0]).is_dir()  # the batch had begun to write
+    # The state it died in: a planned batch without a commit, its dedup state written.
+    offsets, commits = batch_ids(checkpoint, "offsets"), batch_ids(checkpoint, "commits")
+    assert offsets[-1] == commits[-1] + 1 >= 1, (offsets, commits)
+    killed, resume = offsets[-1], checkpoint_offsets(checkpoint)
     ends = end_offsets(topic.bootstrap, topic.name)
-    assert all(sum(resume.values()) < sum(ends.values()) for _, resume in killed.values() if resume)
+    assert resume and sum(resume.values()) < sum(ends.values())
 
-    # Run 2: a new process on the same home runs both queries to completion.
-    second = start_child(home, topic, tmp_path / "second.json", views)
+    # Run 2: a new process on the same home runs the query to completion.
+    second = start_child(home, topic, tmp_path / "second.json", views, settings.database)
     try:
         second.wait(300)
     finally:
@@ -691,25 +687,24 @@ def test_sigkill_mid_micro_batch_then_rerun_has_no_duplicate_and_no_gap(
             kill_tree(second)
     summary = json.loads((tmp_path / "second.json").read_text()) if second.returncode == 0 else {}
     assert second.returncode == 0, f"{summary}\n{log_tail(tmp_path / 'second.json')}"
-    for name, (batch, resume) in killed.items():
-        report = summary["reports"][name]
-        # It resumed with the batch that was in flight, from the last committed offsets.
-        assert report["first_batch"] == batch, (name, report)
-        assert report["start_offsets"] == {str(p): o for p, o in (resume or {}).items()}
-        assert report["offsets"] == {str(p): o for p, o in ends.items()}
-    assert summary["reports"]["counts"]["late_events"] == 0
+    report = summary["reports"]["counts"]
+    # It resumed with the batch that was in flight, from the last committed offsets.
+    assert report["first_batch"] == killed, report
+    assert report["start_offsets"] == {str(p): o for p, o in resume.items()}
+    assert report["offsets"] == {str(p): o for p, o in ends.items()}
+    assert report["late_events"] == 0
 
     # The lake holds every valid record exactly once and every rejected one exactly once, in
     # the catalog (as the rerun's session sees it) and in the files.
     want_events, want_quarantine = Counter(list(valid)), Counter(list(rejected))
     assert Counter(tuple(p) for p in summary["events"]) == want_events
     assert Counter(tuple(p) for p in summary["quarantine"]) == want_quarantine
-    assert not staging_of(lake, killed["landing"][0]).exists()  # the retry cleaned up
+    assert not staging_of(lake, killed).exists()  # the retry cleaned up
     assert lake_positions(Path(lake.location(EVENTS_TABLE))) == want_events
     assert lake_positions(Path(lake.location(QUARANTINE_TABLE))) == want_quarantine
 
     # Every count view counts every event once: the retried batch replaced its own deltas.
-    paths = SpeedPaths.from_settings(speed_settings(home, topic, KILL_MAX_EVENTS))
+    paths = SpeedPaths.from_settings(settings)
     assert trending_view(spark, paths) == expected_trending(list(valid.values()))
     (declared,) = load_views_file(views)
     for view in (DISCOVERY, DEVICE_MIX, declared):
@@ -730,8 +725,6 @@ def test_a_restarted_memory_broker_is_read_from_its_start_and_its_loss_counted(
     is landed and counted, and what the old broker took with it is counted exactly."""
     port = free_port()
     name = f"test-loss-{uuid.uuid4().hex[:8]}"
-    lake = Lake(str(tmp_path / "warehouse"), f"loss_{uuid.uuid4().hex[:10]}")
-    paths = SpeedPaths(str(tmp_path / "speed"))
 
     first = EmbeddedBroker(port, log_path=tmp_path / "broker-1.log").start()
     try:
@@ -741,9 +734,9 @@ def test_a_restarted_memory_broker_is_read_from_its_start_and_its_loss_counted(
                   for i in range(120)]  # fmt: skip
         topic.send(landed)
         settings = speed_settings(tmp_path / "home", topic, max_events=1000)
+        lake, paths = Lake.from_settings(settings), SpeedPaths.from_settings(settings)
         assert settings.fail_on_data_loss  # the default: retention gaps still fail runs
         assert run_trending_speed(spark, settings, paths).events_read == 120
-        assert run_landing(spark, settings, lake).events_read == 120
         old_checkpoint = checkpoint_offsets(checkpoint_of(settings, "landing"))
         # Produced, acknowledged, never landed: lost with the broker. `up` records the end
         # offsets every few seconds and, marked final, as it stops its broker.
@@ -767,13 +760,11 @@ def test_a_restarted_memory_broker_is_read_from_its_start_and_its_loss_counted(
         end = end_offsets(second.bootstrap_servers, name)
         assert all(end[p] > old_checkpoint[p] for p in (0, 1))  # the new end passed the old
         lag = measure_lag(second.bootstrap_servers, name, checkpoints_of(settings))
-        assert {q.query: q.total for q in lag.queries if q.started} == {
-            "landing": 200, "counts": 200
-        }  # fmt: skip
+        assert {q.query: q.total for q in lag.queries if q.started} == {"counts": 200}
 
-        landing = run_landing(spark, settings, lake)
+        # One query lands and counts.
         trending = run_trending_speed(spark, settings, paths)
-        for report in (landing, trending):
+        for report in (trending,):
             assert report.events_read == 200
             loss = report.incarnation_loss
             assert loss is not None and loss.lost == want_lost, report.name
@@ -790,7 +781,7 @@ def test_a_restarted_memory_broker_is_read_from_its_start_and_its_loss_counted(
         assert trending_view(spark, paths) == expected_trending(
             valid + list(restarted.valid().values())
         )
-        # One alert, for the landing: records never landed are lost to both layers.
+        # One alert: records never landed are lost to both layers.
         alerts = read_alerts(settings.logs_dir / "alerts.jsonl")
         assert [(a["kind"], a["severity"], a["metadata"]["records_lost"]) for a in alerts] == [
             ("data_lost", "ERROR", 40)
@@ -829,8 +820,6 @@ def test_a_broker_on_s3_storage_restarted_by_kill_9_loses_nothing_and_counts_not
     storage = Settings().broker_storage  # as `up` reads it
     port = free_port()
     name = f"test-s3-{uuid.uuid4().hex[:8]}"
-    lake = Lake(str(tmp_path / "warehouse"), f"s3b_{uuid.uuid4().hex[:10]}")
-    paths = SpeedPaths(str(tmp_path / "speed"))
 
     first = EmbeddedBroker(port, storage, log_path=tmp_path / "broker-1.log").start()
     try:
@@ -838,6 +827,7 @@ def test_a_broker_on_s3_storage_restarted_by_kill_9_loses_nothing_and_counts_not
         topic = Topic(first.bootstrap_servers, name, 2)
         topic.send([(i % 2, play(f"s{i}", START + timedelta(seconds=i))) for i in range(100)])
         settings = speed_settings(tmp_path / "home", topic, max_events=500)
+        lake, paths = Lake.from_settings(settings), SpeedPaths.from_settings(settings)
         assert run_landing(spark, settings, lake).events_read == 100
         topic.send([(i % 2, play(f"s{i}", START + timedelta(seconds=i))) for i in range(100, 160)])
         old_id = checkpoint_topic_id(checkpoint_of(settings, "landing"))
@@ -856,7 +846,6 @@ def test_a_broker_on_s3_storage_restarted_by_kill_9_loses_nothing_and_counts_not
         assert checkpoint_topic_id(checkpoint_of(settings, "landing")) == old_id
         events = [r.event_id for r in read_play_events(spark, lake).select("event_id").collect()]
         assert sorted(events) == sorted(f"s{i}" for i in range(200))
-        assert run_trending_speed(spark, settings, paths).events_read == 200
         assert trending_view(spark, paths) == expected_trending(list(topic.valid().values()))
     finally:
         second.stop()

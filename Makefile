@@ -56,8 +56,8 @@ $(PG_BIN) $(PG_JDBC):
 
 postgres: $(PG_BIN) $(PG_JDBC)
 
-# The demo keeps trending and discovery running as continuous queries (10-minute runs, a
-# micro-batch every 2 s): answers seconds behind the topic. LAMBDA_ARCH_SPEED_STREAM_S=0 turns
+# The demo keeps the counts query (landing and every count view) running as a continuous query
+# (10-minute runs, a micro-batch every 2 s): answers seconds behind the topic. LAMBDA_ARCH_SPEED_STREAM_S=0 turns
 # that off (availableNow speed runs only, as everywhere else by default).
 demo: install check-java
 	LAMBDA_ARCH_SPEED_STREAM_S=$${LAMBDA_ARCH_SPEED_STREAM_S:-600} $(BIN)/lambda-arch up

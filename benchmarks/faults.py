@@ -14,8 +14,8 @@ Each of --trials trials (default 10) runs on a fresh LAMBDA_ARCH_HOME with free 
 3. one fault, SIGKILL (the whole process tree, stopped with SIGSTOP first so it dies at one
    moment), of one of:
    - `run`: `lambda-arch run` (sensors and schedules stopped first, so its in-process runs do
-     all the work) while a step of the chosen kind runs (landing, a count view, sessions, a
-     batch day, a serving refresh), a random 0-3 s after the step started (step times from the
+     all the work) while a step of the chosen kind runs (counts: the query that lands and
+     counts every view; sessions; a batch day; a serving refresh), a random 0-3 s after the step started (step times from the
      Dagster instance's event log);
    - `daemon`: the worker process (a descendant of `up`, found by its run id on the command
      line) of a run the sensors launched, while a step of the chosen kind runs;
@@ -95,7 +95,7 @@ RATES = {"duplicates": 0.05, "late": 0.03, "malformed": 0.01}
 LATENESS = timedelta(minutes=10)
 GAP = timedelta(minutes=30)
 ALL_HISTORY_MIN = 7 * 24 * 60  # a window that holds every event of a trial
-STEP_KINDS = ("landing", "view", "sessions", "batch", "serving")
+STEP_KINDS = ("counts", "sessions", "batch", "serving")
 FAULT_KINDS = ("run", "daemon", "up")
 SECOND_BATCH = 600  # events produced into the new incarnation after `up` was killed
 POLL_S = 0.3
@@ -114,15 +114,13 @@ mutation ($id: String) { stopRunningSchedule(id: $id) { __typename } }"""
 
 
 def step_kind(step_key: str) -> str | None:
-    """Which kind of step a Dagster step key is (landing, view, sessions, batch, serving)."""
+    """Which kind of step a Dagster step key is (counts, sessions, batch, serving)."""
     if step_key.endswith("_serving") or "serving" in step_key:
         return "serving"
-    if "play_events_raw" in step_key or "landing" in step_key or "quarantine" in step_key:
-        return "landing"
     if step_key.startswith("sessions_speed"):
         return "sessions"
-    if step_key == "counts" or step_key.endswith("_speed"):  # the one query of every count view
-        return "view"
+    if step_key == "counts" or step_key.endswith("_speed"):  # the query that lands and counts
+        return "counts"
     if step_key.endswith("_batch") or "play_events_clean" in step_key:
         return "batch"
     return None
@@ -1027,7 +1025,7 @@ def start_serve(stack: Stack) -> int:
 def trial(index: int, args: argparse.Namespace, rng: random.Random) -> tuple[Fault, Verdict, float]:
     began = time.monotonic()
     kind = args.kinds[(index - 1) % len(args.kinds)]  # every kind in turn; the rest is random
-    target = rng.choice(STEP_KINDS if kind != "up" else ("landing",))
+    target = rng.choice(STEP_KINDS if kind != "up" else ("counts",))
     fault = Fault(kind, target if kind != "up" else "any (stack)")
     verdict = Verdict()
     seed = rng.randrange(1, 2**31)

@@ -141,6 +141,10 @@ def _wait_gone(processes: list[psutil.Process], timeout_s: float) -> list[psutil
     return alive
 
 
+# How long the root of a tree has to stop its own children before they are signalled too.
+ROOT_GRACE_S = 5.0
+
+
 def stop_pid(pid: int, timeout_s: float = 10.0) -> None:
     """Stop pid and all its descendants: SIGTERM, then SIGKILL after timeout; never reaps.
 
@@ -152,6 +156,12 @@ def stop_pid(pid: int, timeout_s: float = 10.0) -> None:
     except psutil.NoSuchProcess:
         return
     family = [root, *descendants(pid)]
+    # The root first, alone for a moment: a supervisor (Dagster's daemon and webserver) stops
+    # its own children in order; signalled together, they die under it while it still talks
+    # to them, and it logs the broken connections as errors.
+    with contextlib.suppress(psutil.Error):
+        root.terminate()
+    _wait_gone([root], min(ROOT_GRACE_S, timeout_s))
     if _leads_its_own_group(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)

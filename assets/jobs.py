@@ -12,6 +12,7 @@ from assets.speed import (
     STREAM_JOB_NAME,
     STREAM_TAGS,
     counts,
+    sessions_speed,
 )
 
 SPEED_JOB_NAME = "speed_job"
@@ -48,19 +49,23 @@ batch_job = define_asset_job(
     description="Recompute daily partitions of the batch views from the lake's history.",
 )
 
-# LAMBDA_ARCH_SPEED_STREAM_S > 0: the counts query (every `<view>_speed`) as one continuous
-# query, the serving store refreshed after every micro-batch. The sensor sensors/stream.py keeps
-# one such run going; speed_job's runs of the same assets then find the checkpoint held and
-# return once the stream has passed the topic's end offsets.
+# LAMBDA_ARCH_SPEED_STREAM_S > 0: the speed layer's two queries as continuous queries, side by
+# side (one step process each): counts (the landing and every `<view>_speed`, a micro-batch every
+# LAMBDA_ARCH_SPEED_TRIGGER_S) and sessions (every LAMBDA_ARCH_SESSIONS_TRIGGER_S), the serving
+# store refreshed after every micro-batch. The sensor sensors/stream.py keeps one such run going;
+# the lag sensor launches no speed run meanwhile, and speed_job's runs of the same assets (from
+# `run`, the UI) find the checkpoints held and return once the stream has passed the topic's
+# end offsets.
 views_stream_job = define_asset_job(
     STREAM_JOB_NAME,
-    selection=AssetSelection.assets(counts),
-    executor_def=multiprocess_executor.configured({"max_concurrent": 1}),
+    selection=AssetSelection.assets(counts, sessions_speed),
+    executor_def=multiprocess_executor.configured({"max_concurrent": 2}),
     # A Spark slot of its own: a stream runs for minutes and must not hold speed_job back.
     tags=STREAM_TAGS,
     description=(
-        "The counts query (every count view's <view>_speed) as a continuous query for "
-        "LAMBDA_ARCH_SPEED_STREAM_S seconds (a micro-batch every LAMBDA_ARCH_SPEED_TRIGGER_S), "
-        "serving refreshed after each."
+        "The speed layer as continuous queries for LAMBDA_ARCH_SPEED_STREAM_S seconds: the "
+        "counts query (landing and every count view's <view>_speed, a micro-batch every "
+        "LAMBDA_ARCH_SPEED_TRIGGER_S) beside the sessions query (every "
+        "LAMBDA_ARCH_SESSIONS_TRIGGER_S), serving refreshed after each."
     ),
 )

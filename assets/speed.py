@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, partial
 from typing import TYPE_CHECKING
 
 from dagster import (
@@ -139,31 +139,6 @@ def _log_report(context: AssetExecutionContext, name: str, report: StreamReport)
     )
 
 
-def _speed_asset(
-    name: str,
-    description: str,
-    run: Callable[..., StreamReport],
-):
-    @asset(
-        name=name,
-        group_name=GROUP,
-        deps=[TOPIC_ASSET],
-        kinds=KINDS,
-        pool="spark",
-        op_tags={**SPARK_TAGS, **step_priority(name.removesuffix("_speed"))},
-        description=description,
-    )
-    def _asset(
-        context: AssetExecutionContext, settings: LambdaArchSettings, spark: SparkResource
-    ) -> MaterializeResult:
-        config = settings.get()
-        report = run(spark.session(), config)
-        _log_report(context, name, report)
-        return MaterializeResult(metadata=run_metadata(config, report))
-
-    return _asset
-
-
 def view_description(view: CountView) -> str:
     """A `<view>_speed` asset's description, from its declaration."""
     return (
@@ -281,12 +256,33 @@ def _stream(
     config: Settings,
     views: Sequence[CountView],
 ) -> StreamReport:
-    """The counts query as a continuous query for `LAMBDA_ARCH_SPEED_STREAM_S` seconds: the
-    serving store is refreshed after every micro-batch, and the assets are reported as
+    """The counts query as a continuous query for `LAMBDA_ARCH_SPEED_STREAM_S` seconds."""
+    keys = [RAW_ASSET, QUARANTINE_ASSET, *(speed_key(view) for view in views)]
+    return _continuous(
+        context,
+        config,
+        speed.COUNTS,
+        keys,
+        _served(views),
+        partial(speed.stream_counts, session, config, views=views),
+        config.speed_trigger_s,
+    )
+
+
+def _continuous(
+    context: AssetExecutionContext,
+    config: Settings,
+    name: str,
+    keys: Sequence[AssetKey],
+    served: Sequence[str],
+    stream: Callable[..., StreamReport],
+    trigger_s: float,
+) -> StreamReport:
+    """Run `stream` (a continuous query) for `LAMBDA_ARCH_SPEED_STREAM_S` seconds: the serving
+    store's `served` views are refreshed after every micro-batch, and `keys` are reported as
     materialized at most every PUBLISH_EVERY_S seconds, so the UI follows the stream while the
     run goes on."""
     store = ServingStore.from_settings(config)
-    served = _served(views)
     published = {"at": time.monotonic(), "events": 0, "batches": 0}
 
     def on_batch(batch: StreamReport) -> None:
@@ -300,7 +296,7 @@ def _stream(
             "events_since_last_report": published["events"],
             "micro_batches_since_last_report": published["batches"],
         }
-        for key in (RAW_ASSET, QUARANTINE_ASSET, *(speed_key(view) for view in views)):
+        for key in keys:
             context.log_event(AssetMaterialization(asset_key=key, metadata=metadata))
         for view, refresh in refreshed.items():
             context.log_event(
@@ -311,12 +307,10 @@ def _stream(
         published.update(at=time.monotonic(), events=0, batches=0)
 
     context.log.info(
-        f"{speed.COUNTS}: continuous query for {config.speed_stream_s} s, a micro-batch every "
-        f"{config.speed_trigger_s:g} s, serving refreshed after each"
+        f"{name}: continuous query for {config.speed_stream_s} s, a micro-batch every "
+        f"{trigger_s:g} s, serving refreshed after each"
     )
-    report = speed.stream_counts(
-        session, config, stream_s=config.speed_stream_s, on_batch=on_batch, views=views
-    )
+    report = stream(stream_s=config.speed_stream_s, on_batch=on_batch)
     for view in served:
         refresh_view(config, store, view)
     return report
@@ -337,11 +331,41 @@ def _trending_top10(
 
 
 counts = counts_asset(definition_views())
-sessions_speed = _speed_asset(
-    speed.SESSIONS,
-    "Closed viewing sessions (30-minute gap) per member and title, stitched in streaming.",
-    speed.run_sessions_speed,
+
+
+@asset(
+    name=speed.SESSIONS,
+    group_name=GROUP,
+    deps=[TOPIC_ASSET],
+    kinds=KINDS,
+    pool="spark",
+    op_tags={**SPARK_TAGS, **step_priority("sessions")},
+    description=(
+        "Closed viewing sessions (30-minute gap) per member and title, stitched in streaming "
+        "(the speed layer's second query)."
+    ),
 )
+def sessions_speed(
+    context: AssetExecutionContext, settings: LambdaArchSettings, spark: SparkResource
+) -> MaterializeResult:
+    """Catch the sessions query up with the topic (in views_stream_job: run it continuously)."""
+    config = settings.get()
+    session = spark.session()
+    if context.run.job_name == STREAM_JOB_NAME and config.speed_stream_s > 0:
+        stream = partial(speed.stream_sessions, session, config)
+        report = _continuous(
+            context,
+            config,
+            speed.SESSIONS,
+            [AssetKey(speed.SESSIONS)],
+            [view_specs.SESSIONS.name],
+            stream,
+            config.sessions_trigger_s,
+        )
+    else:
+        report = speed.run_sessions_speed(session, config)
+    _log_report(context, speed.SESSIONS, report)
+    return MaterializeResult(metadata=run_metadata(config, report))
 
 
 SPEED_ASSETS = [counts, sessions_speed]

@@ -13,8 +13,7 @@ from dagster import (
 )
 
 from assets.jobs import SPEED_JOB_NAME, STREAM_JOB_NAME, speed_job
-from assets.serving import sessions_serving
-from assets.speed import TOPIC_ASSET, sessions_speed
+from assets.speed import TOPIC_ASSET
 from lambda_arch.ingest.kafka_offsets import KafkaOffsetsError
 from lambda_arch.runtime.broker import ServiceError, require_reachable
 from lambda_arch.speed import layer as speed
@@ -23,9 +22,6 @@ from resources import LambdaArchSettings
 from sensors.runs import job_in_flight
 
 LAG_SENSOR_INTERVAL_S = 10
-# What a speed run does while views_stream_job runs (which lands and counts every view):
-# sessions, and serving sessions.
-BESIDE_STREAM = [sessions_speed.key, sessions_serving.key]
 
 
 class SpeedLayerStalled(RuntimeError):
@@ -52,11 +48,9 @@ def kafka_lag_sensor(
 ) -> SensorResult | SkipReason:
     config = settings.get()
     checkpoints = speed.checkpoints_of(config)
-    # A continuous views run lands and keeps every count view current: a speed run then
-    # stitches sessions only (its view steps would merely wait for the stream to pass them).
+    # A continuous run lands, counts every view and stitches sessions: a speed run would only
+    # wait for it to pass the topic's end (and take CPU from it).
     streaming = config.speed_stream_s > 0 and job_in_flight(context.instance, STREAM_JOB_NAME)
-    if streaming:
-        checkpoints = {q: c for q, c in checkpoints.items() if q not in speed.STREAMED_VIEWS}
     try:
         require_reachable(config.bootstrap_servers)  # fails fast instead of a client timeout
         topic_lag = measure_lag(config.bootstrap_servers, config.topic, checkpoints)
@@ -67,13 +61,15 @@ def kafka_lag_sensor(
     observation = AssetObservation(asset_key=TOPIC_ASSET, metadata=topic_lag.metadata())
     if not topic_lag.has_new_data:
         return SensorResult(asset_events=[observation], skip_reason="no new records")
+    if streaming:
+        return SensorResult(
+            asset_events=[observation],
+            skip_reason=f"{topic_lag.max_lag} records waiting; {STREAM_JOB_NAME} reads them",
+        )
     if speed_run_in_flight(context):
         return SensorResult(
             asset_events=[observation],
             skip_reason=f"{topic_lag.max_lag} records waiting; a speed run is in flight",
         )
-    request = RunRequest(
-        run_key=f"lag-{topic_lag.signature}",
-        asset_selection=BESIDE_STREAM if streaming else None,
-    )
+    request = RunRequest(run_key=f"lag-{topic_lag.signature}")
     return SensorResult(asset_events=[observation], run_requests=[request])

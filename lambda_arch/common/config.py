@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     speed_trigger_s: float = Field(
         2.0, ge=0.1, le=600, validation_alias="LAMBDA_ARCH_SPEED_TRIGGER_S"
     )
+    # The sessions query's trigger in a continuous run: a session closes 30 minutes of event
+    # time after its last event, so a slower trigger leaves the CPU to the count views.
+    sessions_trigger_s: float = Field(
+        30.0, ge=0.1, le=3600, validation_alias="LAMBDA_ARCH_SESSIONS_TRIGGER_S"
+    )
     # spark.sql.shuffle.partitions of classic sessions and the embedded Connect server: Spark's
     # 200 makes hundreds of tiny tasks per micro-batch on a laptop; raise it on a cluster.
     shuffle_partitions: int = Field(

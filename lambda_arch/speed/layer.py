@@ -111,8 +111,8 @@ QUERIES = (COUNTS, SESSIONS)
 # The state file naming what the landing query of an older version already landed.
 LANDING_HANDOVER = "landing_handover"
 DEDUP_DIR = "_dedup"
-# The queries a continuous views run (`stream_counts`) runs.
-STREAMED_VIEWS = (COUNTS,)
+# The queries a continuous run (views_stream_job: `stream_counts`, `stream_sessions`) runs.
+STREAMED_QUERIES = (COUNTS, SESSIONS)
 STATE_DIR = "_state"
 # Checkpoints of the per-view count queries of older versions (before the counts query).
 OLD_COUNT_CHECKPOINTS = (TRENDING, DISCOVERY)
@@ -374,6 +374,11 @@ def run_sessions_speed(
     in the RocksDB state store across runs.
     """
     paths = paths or SpeedPaths.from_settings(settings)
+    writer, checkpoint = _sessions_writer(spark, settings, paths)
+    return _run(spark, settings, paths, SESSIONS, writer, checkpoint, timeout_s, lock_timeout_s)
+
+
+def _sessions_writer(spark: SparkSession, settings: Settings, paths: SpeedPaths) -> tuple[Any, str]:
     table = paths.table(SESSIONS)
     checkpoint = checkpoint_of(settings, SESSIONS)
     _check_fresh(checkpoint, table)
@@ -382,7 +387,49 @@ def run_sessions_speed(
         .writeStream.outputMode("append")
         .foreachBatch(partial(write_batch, hadoop_uri(table)))
     )
-    return _run(spark, settings, paths, SESSIONS, writer, checkpoint, timeout_s, lock_timeout_s)
+    return writer, checkpoint
+
+
+def stream_sessions(
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    stream_s: float,
+    on_batch: Callable[[StreamReport], None] | None = None,
+    stop_early: Callable[[], bool] | None = None,
+    paths: SpeedPaths | None = None,
+    lock_timeout_s: float = 300.0,
+) -> StreamReport:
+    """Run the sessions query as a continuous query for about `stream_s` seconds (or until
+    `stop_early()`), a micro-batch every `settings.sessions_trigger_s` seconds: a session
+    closes 30 minutes of event time after its last event, so it needs no faster trigger.
+
+    Same checkpoint, table and semantics as its availableNow run (the two take turns on the
+    checkpoint's lock). After each micro-batch the state file is saved, then `on_batch` gets
+    that batch's report (e.g. to refresh the serving store)."""
+    paths = paths or SpeedPaths.from_settings(settings)
+    writer, checkpoint = _sessions_writer(spark, settings, paths)
+
+    def publish(batch: StreamReport) -> None:
+        state = _save_state(paths, SESSIONS, settings, batch)
+        if on_batch is not None:
+            on_batch(replace(batch, watermark=parse_optional_time(state.get("watermark"))))
+
+    report = run_stream(
+        SESSIONS,
+        writer,
+        checkpoint,
+        lock_dir=lock_dir_of(settings),
+        stream_s=stream_s,
+        trigger_s=settings.sessions_trigger_s,
+        on_batch=publish,
+        stop_early=stop_early,
+        lock_timeout_s=lock_timeout_s,
+        spark=spark,
+        session_conf=SPEED_SESSION_CONF,
+    )
+    state = read_speed_state(paths, SESSIONS) or {}
+    return replace(report, watermark=parse_optional_time(state.get("watermark")))
 
 
 def _counts_writer(

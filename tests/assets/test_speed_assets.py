@@ -217,20 +217,10 @@ def test_lag_sensor_leaves_the_views_to_a_running_stream(
     alone = evaluate()
     assert alone.run_requests and alone.run_requests[0].asset_selection is None
 
-    # A views_stream_job run in flight (it lands and counts): sessions only.
+    # A views_stream_job run in flight (it lands, counts and stitches sessions): no speed run.
     instance.create_run_for_job(job_def=defs.resolve_job_def(views_stream_job.name))
     beside = evaluate()
-    request = (beside.run_requests or [])[0]
-    selected = {key.to_user_string() for key in request.asset_selection or []}
-    assert selected == {"sessions_speed", "sessions_serving"}
-    result = defs.resolve_job_def("speed_job").execute_in_process(
-        instance=instance, asset_selection=request.asset_selection
-    )
-    assert result.success
-    done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert done == selected
-    sessions = result.asset_materializations_for_node("sessions_speed")[0].metadata
-    assert sessions["events_read"].value == 300
-    # The landing's checks run with the stream's counts step, not here.
-    checks = {e.check_name for e in result.get_asset_check_evaluations()}
-    assert not {"quarantine_ratio", "raw_events_expectations"} & checks, checks
+    assert not beside.run_requests
+    assert beside.skip_reason and "views_stream_job reads" in beside.skip_reason.skip_message
+    observed = beside.asset_events[0].metadata  # the lag is still measured and plotted
+    assert observed["max_lag"].value == 300, observed

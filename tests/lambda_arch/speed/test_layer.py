@@ -41,6 +41,7 @@ from lambda_arch.speed.layer import (
     run_landing,
     run_sessions_speed,
     run_trending_speed,
+    stream_sessions,
     stream_view,
 )
 from lambda_arch.speed.streaming import (
@@ -425,6 +426,42 @@ def test_sessions_speed_closes_sessions_once(
     got = sessions_of(read_sessions_speed(spark, paths))
     assert got == closed(model, ref_sessions(model.counted))
     assert [s[4] for s in got if s[0] == 3] == [2]
+
+
+def test_a_continuous_sessions_query_closes_sessions_as_the_availablenow_one(
+    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
+) -> None:
+    """views_stream_job's sessions step: the sessions query as a continuous query publishes
+    each micro-batch, and closes exactly the sessions of the independent stitcher."""
+    kafka = new_topic(broker, topic, partitions=2)
+    kafka.send(keyed(sessions_wave(START)))
+    settings = settings_for(tmp_path / "home", kafka, max_events=4).model_copy(
+        update={"sessions_trigger_s": 0.5}
+    )
+    paths = SpeedPaths(str(tmp_path / "speed"))
+    published: list[StreamReport] = []
+    total = len(kafka.records)
+
+    report = stream_sessions(
+        spark,
+        settings,
+        stream_s=120,
+        on_batch=published.append,
+        # Every record read, then a micro-batch without data: the one that moves the watermark
+        # past the last batch's events and emits the sessions it closes.
+        stop_early=lambda: (
+            sum(b.events_read for b in published) >= total and published[-1].events_read == 0
+        ),
+        paths=paths,
+    )
+    assert report.events_read == total == sum(b.events_read for b in published)
+    assert report.micro_batches >= 3  # admission control: 4 records per micro-batch
+    model = Model()
+    assert model.apply(report, kafka.records) == 0
+    got = sessions_of(read_sessions_speed(spark, paths))
+    assert got and got == closed(model, ref_sessions(model.counted))
+    state = read_speed_state(paths, "sessions_speed")
+    assert state is not None and state["offsets"] == {str(p): o for p, o in report.offsets.items()}
 
 
 def test_new_checkpoint_over_old_output_is_refused(

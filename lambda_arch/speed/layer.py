@@ -423,26 +423,65 @@ def stream_sessions(
     that batch's report (e.g. to refresh the serving store)."""
     paths = paths or SpeedPaths.from_settings(settings)
     writer, checkpoint = _sessions_writer(spark, settings, paths)
+    return _stream(
+        spark,
+        settings,
+        paths,
+        SESSIONS,
+        writer,
+        checkpoint,
+        trigger_s=settings.sessions_trigger_s,
+        save=lambda batch: _save_state(paths, SESSIONS, settings, batch),
+        stream_s=stream_s,
+        on_batch=on_batch,
+        stop_early=stop_early,
+        lock_timeout_s=lock_timeout_s,
+    )
+
+
+def _stream(
+    spark: SparkSession,
+    settings: Settings,
+    paths: SpeedPaths,
+    name: str,
+    writer: Any,
+    checkpoint: str,
+    *,
+    trigger_s: float,
+    save: Callable[[StreamReport], dict[str, Any]],
+    stream_s: float,
+    on_batch: Callable[[StreamReport], None] | None,
+    stop_early: Callable[[], bool] | None,
+    lock_timeout_s: float,
+    before_start: Callable[[], None] | None = None,
+    complete: Callable[[StreamReport], StreamReport] | None = None,
+) -> StreamReport:
+    """A query as a continuous query (`streaming.run_stream`): after each micro-batch
+    `complete` adds what Spark's progress lacks (the counts query's late events), `save`
+    writes its state files, then `on_batch` gets the batch's report with the contract's
+    watermark."""
 
     def publish(batch: StreamReport) -> None:
-        state = _save_state(paths, SESSIONS, settings, batch)
+        batch = complete(batch) if complete is not None else batch
+        state = save(batch)
         if on_batch is not None:
             on_batch(replace(batch, watermark=parse_optional_time(state.get("watermark"))))
 
     report = run_stream(
-        SESSIONS,
+        name,
         writer,
         checkpoint,
         lock_dir=lock_dir_of(settings),
         stream_s=stream_s,
-        trigger_s=settings.sessions_trigger_s,
+        trigger_s=trigger_s,
         on_batch=publish,
         stop_early=stop_early,
         lock_timeout_s=lock_timeout_s,
         spark=spark,
         session_conf=SPEED_SESSION_CONF,
+        before_start=before_start,
     )
-    state = read_speed_state(paths, SESSIONS) or {}
+    state = read_speed_state(paths, name) or {}
     return replace(report, watermark=parse_optional_time(state.get("watermark")))
 
 
@@ -640,29 +679,23 @@ def stream_counts(
     paths = paths or SpeedPaths.from_settings(settings)
     chosen = tuple(views) if views is not None else count_views(settings)
     writer, checkpoint, prepare = _counts_writer(spark, settings, paths, chosen)
-
-    def publish(batch: StreamReport) -> None:
-        batch = with_dedup_stats(batch, paths.dedup(settings))
-        state = _save_counts_state(paths, settings, batch, chosen)
-        if on_batch is not None:
-            on_batch(replace(batch, watermark=parse_optional_time(state.get("watermark"))))
-
-    report = run_stream(
+    dedup = paths.dedup(settings)
+    return _stream(
+        spark,
+        settings,
+        paths,
         COUNTS,
         writer,
         checkpoint,
-        lock_dir=lock_dir_of(settings),
-        stream_s=stream_s,
         trigger_s=settings.speed_trigger_s,
-        on_batch=publish,
+        save=lambda batch: _save_counts_state(paths, settings, batch, chosen),
+        complete=lambda batch: with_dedup_stats(batch, dedup),
+        stream_s=stream_s,
+        on_batch=on_batch,
         stop_early=stop_early,
         lock_timeout_s=lock_timeout_s,
-        spark=spark,
-        session_conf=SPEED_SESSION_CONF,
         before_start=prepare,
     )
-    state = read_speed_state(paths, COUNTS) or {}
-    return replace(report, watermark=parse_optional_time(state.get("watermark")))
 
 
 def stream_view(

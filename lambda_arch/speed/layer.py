@@ -247,10 +247,18 @@ def _not_landed(batch_df: DataFrame, landed_below: Mapping[int, int]) -> DataFra
 
 def read_landed_below(handover_file: str) -> dict[int, int]:
     """Per partition, the offset below which an older version's landing query landed."""
+    handover = _read_handover(handover_file)
+    return handover[0] if handover else {}
+
+
+def _read_handover(handover_file: str) -> tuple[dict[int, int], str | None] | None:
+    """The hand-over file's offsets and topic id (None: no hand-over)."""
     text = read_text(handover_file)
     if text is None:
-        return {}
-    return {int(p): int(o) for p, o in json.loads(text)["landed_below"].items()}
+        return None
+    document = json.loads(text)
+    below = {int(p): int(o) for p, o in document["landed_below"].items()}
+    return below, document.get("topic_id")
 
 
 def write_batch(table: str, batch_df: DataFrame, batch_id: int) -> None:
@@ -278,8 +286,25 @@ def speed_events(
     the watermark passes event_time + lateness; a copy arriving later than that is older than
     the watermark and dropped as late, so it is never counted twice either.
     """
+    parsed = parsed_stream(spark, settings).observe(
+        OBSERVATION,
+        F.count(F.lit(1)).alias("records"),
+        F.count(F.col(QUARANTINE_REASON_COLUMN)).alias("quarantined"),
+    )
+    events = valid_events(parsed)
+    if columns is not None:
+        events = events.select(*columns)
+    return events.withWatermark(
+        "event_time", f"{_spark_delay_ms(settings)} milliseconds"
+    ).dropDuplicatesWithinWatermark(["event_id"])
+
+
+def parsed_stream(spark: SparkSession, settings: Settings) -> DataFrame:
+    """Every record of the topic through `lambda_kafka` (admission control, data-loss rule),
+    parsed: event columns, or the reason it is quarantined. Events from the future are
+    quarantined here, before any watermark: they never move it."""
     register_kafka_source(spark)
-    _ship_code(spark)
+    _ship_code(spark, lake_module)
     options = source_options(
         settings.bootstrap_servers,
         settings.topic,
@@ -287,21 +312,7 @@ def speed_events(
         failOnDataLoss=settings.fail_on_data_loss,
     )
     raw = spark.readStream.format(SOURCE_NAME).options(**options).load()
-    # Events from the future are quarantined here, before the watermark: they never move it.
-    parsed = parse_events(raw, "value", "timestamp", settings.max_clock_skew_min).observe(
-        OBSERVATION,
-        F.count(F.lit(1)).alias("records"),
-        F.count(F.col(QUARANTINE_REASON_COLUMN)).alias("quarantined"),
-    )
-    delay_ms = settings.allowed_lateness_min * 60_000 + SPARK_WATERMARK_MARGIN // timedelta(
-        milliseconds=1
-    )
-    events = valid_events(parsed)
-    if columns is not None:
-        events = events.select(*columns)
-    return events.withWatermark(
-        "event_time", f"{delay_ms} milliseconds"
-    ).dropDuplicatesWithinWatermark(["event_id"])
+    return parse_events(raw, "value", "timestamp", settings.max_clock_skew_min)
 
 
 def count_views(settings: Settings) -> tuple[CountView, ...]:
@@ -520,18 +531,8 @@ def landing_stream(spark: SparkSession, settings: Settings) -> DataFrame:
     """Every record of the topic, parsed (quarantined ones with their reason), with the
     observed metrics of a run (`landing.records`, `.valid`, `.quarantined`, `.future`) and
     the event-time watermark the counts query's foreachBatch applies."""
-    register_kafka_source(spark)
-    _ship_code(spark, lake_module)
-    options = source_options(
-        settings.bootstrap_servers,
-        settings.topic,
-        max_events_per_batch=settings.max_events_per_batch,
-        failOnDataLoss=settings.fail_on_data_loss,
-    )
-    raw = spark.readStream.format(SOURCE_NAME).options(**options).load()
     reason = F.col(QUARANTINE_REASON_COLUMN)
-    # Events from the future are quarantined here, before the watermark: they never move it.
-    parsed = parse_events(raw, "value", "timestamp", settings.max_clock_skew_min).observe(
+    parsed = parsed_stream(spark, settings).observe(
         LANDING,
         F.count(F.lit(1)).alias("records"),
         F.count_if(reason.isNull()).alias("valid"),
@@ -601,11 +602,10 @@ def _hand_over_landing(settings: Settings, paths: SpeedPaths, checkpoint: str) -
     old = settings.checkpoints_dir / LANDING
     handover = paths.state_file(LANDING_HANDOVER)
     counted = checkpoint_offsets(checkpoint) or {}
-    below = read_landed_below(handover)
-    if below:
-        text = read_text(handover) or "{}"
+    taken_over = _read_handover(handover)
+    if taken_over is not None:
+        below, topic_id = taken_over
         bounds = _bounds(settings)
-        topic_id = json.loads(text).get("topic_id")
         passed = all(counted.get(p, 0) >= o for p, o in below.items())
         if passed or new_incarnation(topic_id, bounds.topic_id if bounds else None):
             _delete_file(handover)

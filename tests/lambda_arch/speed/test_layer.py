@@ -10,28 +10,32 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from lambda_arch.batch.lake import Lake, read_play_events, read_quarantine
+from lambda_arch.batch.lake import Lake, read_play_events, read_quarantine, write_landing_batch
 from lambda_arch.common.config import Settings
 from lambda_arch.ingest.generator import TrafficConfig, generate
 from lambda_arch.ingest.kafka_offsets import end_offsets
 from lambda_arch.ingest.producer import ensure_topic, make_producer
 from lambda_arch.ingest.schema import REASON_FUTURE, PlayEvent, Rejection, parse_payload
+from lambda_arch.ingest.source_offsets import checkpoint_offsets
 from lambda_arch.runtime.broker import EmbeddedBroker
 from lambda_arch.speed.lag import partition_lag
 from lambda_arch.speed.layer import (
     SpeedPaths,
     SpeedStateError,
     checkpoint_of,
+    parsed_stream,
     read_discovery_speed,
     read_sessions_speed,
     read_speed_state,
@@ -513,11 +517,61 @@ def test_landing_keeps_every_record_once(
     assert again.events_read == 0 and read_play_events(spark, lake).count() == 120 - bad
 
     # Another home over the same lake: a new counts checkpoint would land everything again.
-    other = settings_for(tmp_path / "other-home", kafka, 50).model_copy(
-        update={"database": settings.database, "warehouse_setting": settings.warehouse}
+    other = settings_for(tmp_path / "other-home", kafka, 50)
+    with pytest.raises(SpeedStateError, match="holds landed batches"):
+        run_counts_speed(spark, other, SpeedPaths(str(tmp_path / "other-speed")), lake=lake)
+
+
+def test_a_home_whose_landing_was_a_query_of_its_own_is_handed_over_once(
+    spark, broker: EmbeddedBroker, topic: str, tmp_path: Path
+) -> None:
+    """A home of the previous version: `checkpoints/landing` had landed the topic, the counts
+    query starts afresh. What the old landing landed is not landed again; everything is
+    counted; the hand-over ends once the counts query has passed the old offsets. A landing
+    behind what was counted is refused (those records would never reach the lake)."""
+    kafka = new_topic(broker, topic, partitions=2)
+    kafka.send(generated(60, seed=8, late_rate=0.0))
+    settings = settings_for(tmp_path / "home", kafka, max_events=1000)
+    lake = Lake.from_settings(settings)
+    # The old version's landing query: the same source and lake writer, its own checkpoint,
+    # landed files without a stream id.
+    checkpoints = settings.checkpoints_dir
+    lake.ensure_tables(spark)
+    old_landing = (
+        parsed_stream(spark, settings)
+        .writeStream.foreachBatch(partial(write_landing_batch, lake=lake))
+        .option("checkpointLocation", str(checkpoints / "landing"))
+        .trigger(availableNow=True)
+        .start()
     )
-    with pytest.raises(SpeedStateError, match=r"checkpoint \S+/counts is new"):
-        run_landing(spark, other, lake)
+    old_landing.awaitTermination(120)
+    assert checkpoint_offsets(checkpoints / "landing") == end_offsets(kafka.bootstrap, kafka.name)
+    speed_root = Path(SpeedPaths.from_settings(settings).root)
+    kafka.send(generated(40, seed=9, late_rate=0.0))
+
+    report = run_counts_speed(spark, settings)
+    assert report.events_read == 100  # counted from the start
+    landed = read_play_events(spark, lake).select("partition", "offset").collect()
+    quarantined = read_quarantine(spark, lake).select("partition", "offset").collect()
+    positions = [(r.partition, r.offset) for r in [*landed, *quarantined]]
+    assert sorted(positions) == sorted((p, o) for p, o, _ in kafka.records)  # each once
+    model = Model()
+    model.apply(report, kafka.records)
+    assert counts_of(read_trending_speed(spark, SpeedPaths.from_settings(settings))) == (
+        ref_trending(model.counted)
+    )
+    handover = speed_root / "_state" / "landing_handover.json"
+    assert handover.exists() and (checkpoints / "landing" / "handed_over").exists()
+    run_counts_speed(spark, settings)  # past the old offsets: the hand-over ends
+    assert not handover.exists()
+
+    # Counted beyond what the old landing landed: refused, with one line that says why.
+    behind = settings_for(tmp_path / "behind", kafka, max_events=1000)
+    assert run_counts_speed(spark, behind).events_read == 100
+    shutil.copytree(checkpoints / "landing", behind.checkpoints_dir / "landing")
+    (behind.checkpoints_dir / "landing" / "handed_over").unlink()
+    with pytest.raises(SpeedStateError, match=r"landing query .* is behind its counts query"):
+        run_counts_speed(spark, behind)
 
 
 def test_stream_view_serves_as_it_goes_and_hands_over_to_available_now(

@@ -115,6 +115,18 @@ class Children:
             if process.poll() is not None:
                 raise SystemExit(f"{name} exited with code {process.returncode}")
 
+    def stop_one(self, name: str, timeout_s: float = 30.0) -> None:
+        """SIGTERM one child by PID and wait for it (SIGKILL after timeout_s); forget it."""
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
     def stop_all(self, timeout_s: float = 60.0) -> None:
         """SIGTERM each child by PID in reverse start order; then kill leftovers of the tree."""
         self.remember()

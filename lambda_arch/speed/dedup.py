@@ -40,7 +40,7 @@ from lambda_arch.common.storage import hadoop_uri, pyarrow_filesystem
 from lambda_arch.views.transforms import deduplicate
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
 # Deltas between snapshots: a batch reads at most this many small folders plus one snapshot.
 COMPACT_AFTER = 16
@@ -59,14 +59,53 @@ class BatchStats:
     late: int  # older than the batch's watermark: not counted
     duplicates: int  # event_id counted before (or twice in the batch): not counted again
     counted: int  # new events, counted by every view
+    uncounted: int = 0  # on time, of a type no view counts: neither counted nor remembered
+
+
+@dataclass(frozen=True)
+class BatchTotals:
+    """A micro-batch's valid events, how many are late, and how many on-time ones are of a
+    counted type (one Spark job: `DedupState.totals`)."""
+
+    valid: int
+    late: int
+    counted_types: int
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A batch's decision (`DedupState.decide`): the events to count, persisted, and what
+    `DedupState.record` needs to remember them."""
+
+    batch_id: int
+    counted: DataFrame  # persisted: unpersist when the batch is done
+    counted_n: int
+    seen: DataFrame  # the live ids of the earlier batches
+    earlier: tuple[tuple[int, str], ...]  # the state folders of the earlier batches
+    kind: str  # what the batch writes: `batch_id` (its new ids) or `snapshot` (every live id)
+
+    def stats(self, totals: BatchTotals) -> BatchStats:
+        return BatchStats(
+            self.batch_id,
+            totals.valid,
+            totals.late,
+            totals.counted_types - self.counted_n,
+            self.counted_n,
+            totals.valid - totals.late - totals.counted_types,
+        )
 
 
 @dataclass(frozen=True)
 class DedupState:
-    """The ids the counts query has counted, under `root` (a folder or an s3:// URI)."""
+    """The ids the counts query has counted, under `root` (a folder or an s3:// URI).
+
+    `event_types`: the types the views count (empty: every type). Only those are deduplicated
+    and remembered: at the generator's mix (3 % play_start) the state and the anti-join are
+    thirty times smaller than for every event."""
 
     root: str
     lateness: timedelta
+    event_types: tuple[str, ...] = ()
 
     def folders(self) -> list[tuple[int, str]]:
         """(batch id, kind) of every state folder, oldest first; kind `batch_id` or `snapshot`."""
@@ -84,28 +123,52 @@ class DedupState:
     ) -> tuple[DataFrame, BatchStats]:
         """The events of micro-batch `batch_id` to count (persisted: unpersist when done) and
         what was left out. Records the counted ids as the batch's state."""
-        on_time = events if watermark is None else events.where(F.col("event_time") >= watermark)
-        late_condition = F.lit(False) if watermark is None else F.col("event_time") < watermark
-        totals = events.agg(
-            F.count(F.lit(1)).alias("valid"), F.count_if(late_condition).alias("late")
+        admission = self.decide(events, batch_id, watermark)
+        stats = admission.stats(self.totals(events, watermark))
+        self.record(admission, stats)
+        return admission.counted, stats
+
+    def totals(self, events: DataFrame, watermark: datetime | None) -> BatchTotals:
+        """One job over the batch's events (it also fills a cache they are read from)."""
+        late = F.lit(False) if watermark is None else F.col("event_time") < watermark
+        row = events.agg(
+            F.count(F.lit(1)).alias("valid"),
+            F.count_if(late).alias("late"),
+            F.count_if(~late & self._counted_type()).alias("counted_types"),
         ).first()
-        valid, late = (int(totals["valid"]), int(totals["late"])) if totals else (0, 0)
-        first = deduplicate(on_time)
-        earlier = [(b, kind) for b, kind in self.folders() if b < batch_id]
+        if row is None:
+            return BatchTotals(0, 0, 0)
+        return BatchTotals(int(row["valid"]), int(row["late"]), int(row["counted_types"]))
+
+    def decide(self, events: DataFrame, batch_id: int, watermark: datetime | None) -> Admission:
+        """The batch's new, on-time events of the counted types (one job); `record` it before
+        the batch commits. A retry decides as the first attempt: it reads only the state of
+        the batches below it."""
+        on_time = events if watermark is None else events.where(F.col("event_time") >= watermark)
+        first = deduplicate(on_time.where(self._counted_type()))
+        earlier = tuple((b, kind) for b, kind in self.folders() if b < batch_id)
         live = _since_snapshot(earlier)
         seen = self._read(events, live, watermark)
         counted = first.join(seen.select("event_id"), "event_id", "left_anti").persist()
         counted_n = counted.count()
         deltas = sum(1 for _, kind in live if kind == "batch_id")
-        if deltas >= COMPACT_AFTER:
-            kept = seen.unionByName(counted.select("event_id", "event_time"))
-            self._write(kept, "snapshot", batch_id)
-        else:
-            self._write(counted.select("event_id", "event_time"), "batch_id", batch_id)
-        self._prune(earlier, batch_id)
-        stats = BatchStats(batch_id, valid, late, valid - late - counted_n, counted_n)
-        write_text(self._stats_file(batch_id), json.dumps(asdict(stats)) + "\n")
-        return counted, stats
+        kind = "snapshot" if deltas >= COMPACT_AFTER else "batch_id"
+        return Admission(batch_id, counted, counted_n, seen, earlier, kind)
+
+    def record(self, admission: Admission, stats: BatchStats) -> None:
+        """Remember the batch's counted ids (a snapshot of every live id every COMPACT_AFTER
+        batches), drop the folders no retry reads again, and keep the batch's stats."""
+        ids = admission.counted.select("event_id", "event_time")
+        if admission.kind == "snapshot":
+            ids = admission.seen.unionByName(ids)
+        self._write(ids, admission.kind, admission.batch_id)
+        self._prune(admission.earlier, admission.batch_id)
+        write_text(self._stats_file(stats.batch_id), json.dumps(asdict(stats)) + "\n")
+
+    def _counted_type(self) -> Column:
+        if not self.event_types:
+            return F.lit(True)
+        return F.col("event_type").isin(*self.event_types)
 
     def read_stats(self, batch_ids: Iterable[int]) -> list[BatchStats]:
         """The stats of those batches that are still kept."""

@@ -206,11 +206,16 @@ def write_speed_batch(sink: SpeedSink, batch_df: DataFrame, batch_id: int) -> No
     so a retry after a crash writes the same files again."""
     batch_df.persist()
     try:
-        # Read and parse the batch once, into the cache: the steps below then run side by side
-        # on it. A micro-batch of the continuous query is a few thousand events, where each
-        # Spark job's latency (scheduling, file commits, the metastore) outweighs its CPU.
-        batch_df.count()
-        with ThreadPoolExecutor(max_workers=1 + len(sink.targets)) as pool:
+        spark_watermark = batch_watermark(sink.checkpoint, batch_id)
+        # Spark's watermark is the contract's minus SPARK_WATERMARK_MARGIN (see there).
+        watermark = spark_watermark + SPARK_WATERMARK_MARGIN if spark_watermark else None
+        events = valid_events(batch_df).select(*sink.columns)
+        # A micro-batch of the continuous query is a few thousand events, where each Spark
+        # job's latency (scheduling, shuffles, file commits, the metastore) outweighs its CPU:
+        # the jobs run side by side. The batch is still read and parsed once: the first job to
+        # reach a partition fills the cache, the others wait for it (Spark's block locks).
+        with ThreadPoolExecutor(max_workers=3 + len(sink.targets)) as pool:
+            totals = pool.submit(sink.dedup.totals, events, watermark)
             landed_below = read_landed_below(sink.handover_file)
             landing = pool.submit(
                 write_landing_batch,
@@ -219,20 +224,20 @@ def write_speed_batch(sink: SpeedSink, batch_df: DataFrame, batch_id: int) -> No
                 sink.lake,
                 stream=LANDING_STREAM,
             )
-            spark_watermark = batch_watermark(sink.checkpoint, batch_id)
-            # Spark's watermark is the contract's minus SPARK_WATERMARK_MARGIN (see there).
-            watermark = spark_watermark + SPARK_WATERMARK_MARGIN if spark_watermark else None
-            events = valid_events(batch_df).select(*sink.columns)
-            counted, _ = sink.dedup.admit(events, batch_id, watermark)
+            admission = sink.dedup.decide(events, batch_id, watermark)
             try:
-                views = [
-                    pool.submit(write_batch, table, count_deltas(counted, view), batch_id)
+                # The ids are remembered beside the view writes: a retry of this batch reads
+                # only the state of the batches below it, so the order does not matter.
+                steps = [
+                    pool.submit(write_batch, table, count_deltas(admission.counted, view), batch_id)
                     for view, table in sink.targets
                 ]
-                for done in (*views, landing):
+                stats = admission.stats(totals.result())
+                steps += [pool.submit(sink.dedup.record, admission, stats), landing]
+                for done in steps:
                     done.result()  # raises the step's error: the batch fails and is retried
             finally:
-                counted.unpersist()
+                admission.counted.unpersist()
     finally:
         batch_df.unpersist()
 
@@ -319,6 +324,11 @@ def count_views(settings: Settings) -> tuple[CountView, ...]:
     """The count views the counts query writes: the built-in and the declared ones
     (ViewDeclarationError naming the views file and the view when the file is bad)."""
     return declared_views(settings.views_file)
+
+
+def counted_types(views: Sequence[CountView]) -> tuple[str, ...]:
+    """The event types some view counts: the only ones the counts query deduplicates."""
+    return tuple(sorted({t for view in views for t in view.event_types}))
 
 
 def input_columns(views: Sequence[CountView]) -> tuple[str, ...]:
@@ -514,7 +524,7 @@ def _counts_writer(
         targets=tuple(
             (view, hadoop_uri(paths.table(view_specs.spec_of(view).speed_query))) for view in views
         ),
-        dedup=paths.dedup(settings),
+        dedup=replace(paths.dedup(settings), event_types=counted_types(views)),
         checkpoint=checkpoint,
         columns=input_columns(views),
         handover_file=paths.state_file(LANDING_HANDOVER),

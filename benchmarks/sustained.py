@@ -260,10 +260,11 @@ def main() -> None:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)
+        # Read before the stop: stopping the stack interrupts its running steps.
         failures: list[str] = []
-        children.stop_all()
         with contextlib.suppress(Exception):
             failures = failed_steps(home / "dagster")
+        children.stop_all()
         if args.keep:
             print(f"kept {home}")
         else:
@@ -281,7 +282,7 @@ def main() -> None:
         if len(samples) < 2:
             print(f"{rate:6.0f} events/s: too short to judge ({len(samples)} sample)")
             continue
-        # Failures are counted against every phase: the Dagster log does not say which phase.
+        # Failures count against every phase: failed_steps does not say when a step failed.
         verdict = judge(
             samples,
             len(failures),

@@ -268,6 +268,34 @@ def write_log4j(settings: Settings) -> Path:
     return path
 
 
+# Spark's FIFO scheduler runs a job's stages before those of every later job: a small counts
+# micro-batch waited for all queued tasks of a sessions batch or a batch day on the same driver
+# (the Connect server runs them all). FAIR within the one default pool gives each running stage
+# its share of the cores, so a micro-batch's few short tasks start at once.
+SCHEDULER_POOLS = """<?xml version="1.0"?>
+<allocations>
+  <pool name="default">
+    <schedulingMode>FAIR</schedulingMode>
+    <weight>1</weight>
+    <minShare>0</minShare>
+  </pool>
+</allocations>
+"""
+
+
+def scheduler_pools_file(settings: Settings) -> Path:
+    return settings.home / "spark" / "fairscheduler.xml"
+
+
+def write_scheduler_pools(settings: Settings) -> Path:
+    """Write the scheduler's pools (SCHEDULER_POOLS) where local_session_conf points."""
+    path = scheduler_pools_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != SCHEDULER_POOLS:
+        path.write_text(SCHEDULER_POOLS)
+    return path
+
+
 def local_session_conf(settings: Settings, *, ui: bool = False) -> dict[str, str]:
     """Spark configuration of a classic (JVM-in-process) session for these settings."""
     catalog, s3a = catalog_conf(settings), s3a_conf(settings)
@@ -277,6 +305,8 @@ def local_session_conf(settings: Settings, *, ui: bool = False) -> dict[str, str
         "spark.ui.enabled": "true" if ui else "false",
         # Progress bars belong to a terminal, not to Dagster's captured logs.
         "spark.ui.showConsoleProgress": "false",
+        "spark.scheduler.mode": "FAIR",
+        "spark.scheduler.allocation.file": str(scheduler_pools_file(settings)),
         **catalog,
         **s3a,
     }
@@ -335,6 +365,7 @@ def build_session(
         return SparkSession.builder.remote(remote).appName(app_name).getOrCreate()
     metastore_dir(settings).mkdir(parents=True, exist_ok=True)
     write_log4j(settings)
+    write_scheduler_pools(settings)
     builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
     for key, value in local_session_conf(settings, ui=ui).items():
         builder = builder.config(key, value)

@@ -29,6 +29,7 @@ from lambda_arch.runtime.spark import (
     metastore_dir,
     spark_environment,
     write_log4j,
+    write_scheduler_pools,
 )
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
@@ -142,6 +143,7 @@ class ConnectServer:
         for folder in (metastore_dir(settings), settings.home / "spark-connect"):
             folder.mkdir(parents=True, exist_ok=True)
         write_log4j(settings)
+        write_scheduler_pools(settings)
         command = server_command(settings, self.port)
         for key, value in self.extra_conf.items():
             command += ["--conf", f"{key}={value}"]

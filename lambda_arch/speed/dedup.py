@@ -8,6 +8,11 @@ late and repeated rows before the batch reaches the sink. So the sink does it it
   watermark is Spark's (`withWatermark` on the stream: newest event time of the earlier
   batches minus the lateness), read from the checkpoint's offset log (`batch_watermark`), so a
   retried batch applies the same one.
+- **Counted types only**: only events of a type some view counts (`event_types`; play_start for
+  the built-in views) are deduplicated and remembered; the others are landed and left out.
+  A view declared with a type no earlier view counted starts without remembered ids of it: a
+  copy arriving within the lateness of an event read before the declaration is counted again
+  by the speed layer, until the batch layer recomputes that day.
 - **Repeated**: an event_id counted before is not counted again. The ids counted by batch N are
   kept in `<speed root>/_dedup/batch_id=N/` (event_id, event_time); batch N reads the ids of
   batches below N only, so a retry of N (after a crash) decides exactly as the first attempt.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from lambda_arch.common.config import Settings
 from lambda_arch.runtime.spark import (
     JIT_OPTIONS,
     LOG4J2_PROPERTIES,
+    SCHEDULER_POOLS,
     build_session,
     catalog_conf,
     local_session_conf,
@@ -20,6 +23,7 @@ from lambda_arch.runtime.spark import (
     metastore_dir,
     s3a_conf,
     s3a_jars,
+    scheduler_pools_file,
     spark_environment,
     write_log4j,
 )
@@ -157,3 +161,32 @@ def test_build_session_gives_a_hive_session_in_its_home(spark, session_home: Pat
         assert (session_home / "warehouse" / "test_spark_probe").is_dir()
     finally:
         spark.sql("DROP TABLE test_spark_probe")
+
+
+def test_a_small_job_is_not_queued_behind_a_long_one(spark, session_home: Path) -> None:
+    """FAIR within the default pool: a micro-batch's short job, submitted while a long job has
+    many tasks queued on the session's two cores, runs beside it (FIFO made it wait for every
+    queued task of the long job: 12 x 0.5 s on 2 cores, 3 s)."""
+    assert scheduler_pools_file(Settings(LAMBDA_ARCH_HOME=str(session_home))).read_text() == (
+        SCHEDULER_POOLS
+    )
+    context = spark.sparkContext
+    assert context.getConf().get("spark.scheduler.mode") == "FAIR"
+
+    def slow(value: int) -> int:
+        import time
+
+        time.sleep(0.5)
+        return value
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        long_job = pool.submit(lambda: context.parallelize(range(12), 12).map(slow).count())
+        time.sleep(1.0)  # the long job's first tasks are running, the rest queued
+        assert not long_job.done()
+        started = time.monotonic()
+        assert spark.range(4, numPartitions=2).count() == 4
+        short_s = time.monotonic() - started
+        long_done = long_job.done()
+        assert long_job.result() == 12
+    assert not long_done, "the short job waited for the whole long job"
+    assert short_s < 1.5, short_s

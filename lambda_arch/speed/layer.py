@@ -210,12 +210,14 @@ def write_speed_batch(sink: SpeedSink, batch_df: DataFrame, batch_id: int) -> No
         # Spark's watermark is the contract's minus SPARK_WATERMARK_MARGIN (see there).
         watermark = spark_watermark + SPARK_WATERMARK_MARGIN if spark_watermark else None
         events = valid_events(batch_df).select(*sink.columns)
-        # A micro-batch of the continuous query is a few thousand events, where each Spark
-        # job's latency (scheduling, shuffles, file commits, the metastore) outweighs its CPU:
-        # the jobs run side by side. The batch is still read and parsed once: the first job to
-        # reach a partition fills the cache, the others wait for it (Spark's block locks).
-        with ThreadPoolExecutor(max_workers=3 + len(sink.targets)) as pool:
-            totals = pool.submit(sink.dedup.totals, events, watermark)
+        # One job reads and parses the batch into the cache and counts its late events; the
+        # steps after it run side by side on the cache. A micro-batch of the continuous query is
+        # a few thousand events, where each Spark job's latency (scheduling, shuffles, file
+        # commits, the metastore) outweighs its CPU. (Jobs started together before the cache
+        # is filled would each read the topic on a cluster, whose executors keep separate
+        # caches.)
+        totals = sink.dedup.totals(events, watermark)
+        with ThreadPoolExecutor(max_workers=2 + len(sink.targets)) as pool:
             landed_below = read_landed_below(sink.handover_file)
             landing = pool.submit(
                 write_landing_batch,
@@ -232,7 +234,7 @@ def write_speed_batch(sink: SpeedSink, batch_df: DataFrame, batch_id: int) -> No
                     pool.submit(write_batch, table, count_deltas(admission.counted, view), batch_id)
                     for view, table in sink.targets
                 ]
-                stats = admission.stats(totals.result())
+                stats = admission.stats(totals)
                 steps += [pool.submit(sink.dedup.record, admission, stats), landing]
                 for done in steps:
                     done.result()  # raises the step's error: the batch fails and is retried

@@ -11,3 +11,6 @@ SPARK_RUN_TAG = "lambda_arch/spark"
 SPARK_SPEED = "speed"
 SPARK_BATCH = "batch"
 SPARK_STREAM = "stream"
+# The next continuous views run starts while the running one ends (sensors/stream.py): the two
+# alternate between these values, so the successor is not queued behind its predecessor.
+SPARK_STREAM_NEXT = "stream-next"

@@ -224,3 +224,31 @@ def test_lag_sensor_leaves_the_views_to_a_running_stream(
     assert beside.skip_reason and "views_stream_job reads" in beside.skip_reason.skip_message
     observed = beside.asset_events[0].metadata  # the lag is still measured and plotted
     assert observed["max_lag"].value == 300, observed
+
+
+def test_a_continuous_step_ends_its_stream_time_after_it_started_however_long_it_waited(
+    tmp_path: Path,
+) -> None:
+    """A successor run waits at the checkpoint's lock while its predecessor ends: its stream
+    still ends LAMBDA_ARCH_SPEED_STREAM_S after the step started, so every hand-over of the
+    views stream (sensors/stream.py) waits as long as the first, not longer each time."""
+    import time
+
+    from dagster import AssetKey, build_asset_context
+
+    from assets.speed import _continuous
+    from lambda_arch.speed.streaming import StreamReport
+
+    config = Settings(LAMBDA_ARCH_HOME=str(tmp_path), LAMBDA_ARCH_SPEED_STREAM_S=1)
+    seen: dict[str, Any] = {}
+
+    def stream(*, stream_s: float, on_batch: Any, stop_early: Any) -> StreamReport:
+        seen["before"] = stop_early()
+        time.sleep(1.2)  # the lock wait: longer than the stream's time
+        seen["after"] = stop_early()
+        seen["stream_s"] = stream_s
+        return StreamReport("counts", "checkpoint", 0, 0, {}, {}, 1.2, 0.0, None, None, 0, {})
+
+    with build_asset_context() as context:
+        _continuous(context, config, "counts", [AssetKey("trending_speed")], [], stream, 2.0)
+    assert seen == {"before": False, "after": True, "stream_s": 1}

@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lambda_arch.common.times import format_time
 from lambda_arch.runtime.broker import free_port
-from lambda_arch.runtime.processes import isolated_env, spawn
+from lambda_arch.runtime.processes import isolated_env, spawn, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER_TITLE_BASE = 9_000_000  # generated titles are 1..TrafficConfig.titles (2,000)
@@ -116,30 +116,14 @@ class Children:
                 raise SystemExit(f"{name} exited with code {process.returncode}")
 
     def stop_one(self, name: str, timeout_s: float = 30.0) -> None:
-        """SIGTERM one child by PID and wait for it (SIGKILL after timeout_s); forget it."""
-        process = self.processes.pop(name)
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        """Stop one child and its tree by PID (SIGTERM, SIGKILL after timeout_s); forget it."""
+        stop_process(self.processes.pop(name), timeout_s=timeout_s)
 
     def stop_all(self, timeout_s: float = 60.0) -> None:
-        """SIGTERM each child by PID in reverse start order; then kill leftovers of the tree."""
+        """Stop each child in reverse start order; then kill leftovers of the tree."""
         self.remember()
-        for name, process in reversed(self.processes.items()):
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                print(f"{name} (pid {process.pid}) did not stop in {timeout_s:.0f} s: killing it")
-                process.kill()
-                process.wait()
+        for name in reversed(list(self.processes)):
+            self.stop_one(name, timeout_s)
         leftovers = [p for p in self.seen.values() if p.is_running()]  # checks the start time
         for process in leftovers:
             with contextlib.suppress(psutil.Error):
@@ -182,6 +166,15 @@ def wait_for(what: str, check: Any, children: Children, timeout_s: float) -> Non
         children.remember()
         time.sleep(POLL_S)
     raise SystemExit(f"{what}: not within {timeout_s:.0f} s")
+
+
+def start_stack(children: Children, env: dict[str, str], home: Path, timeout_s: float) -> None:
+    """`lambda-arch up --no-traffic` in the home, waited for until it says it is up."""
+    up_log = home / "up.out"
+    children.start("up", cli("up", "--no-traffic"), env, up_log)
+    wait_for(
+        "lambda-arch up", lambda: "lambda-arch is up" in up_log.read_text(), children, timeout_s
+    )
 
 
 def send_marker(producer: Any, topic: str, title_id: int) -> Marker:
@@ -556,14 +549,7 @@ def main() -> None:
     )
     print(f"speed layer: {mode}", flush=True)
     try:
-        up_log = home / "up.out"
-        children.start("up", cli("up", "--no-traffic"), env, up_log)
-        wait_for(
-            "lambda-arch up",
-            lambda: "lambda-arch is up" in up_log.read_text(),
-            children,
-            args.ready_timeout,
-        )
+        start_stack(children, env, home, args.ready_timeout)
         print(f"stack up after {time.monotonic() - started:.0f} s", flush=True)
         children.start(
             "traffic",

@@ -50,6 +50,7 @@ from freshness import (
     failed_steps,
     get_json,
     micro_batches,
+    start_stack,
     wait_for,
 )
 
@@ -212,14 +213,7 @@ def main() -> None:
     started = time.time()
     print(f"home {home}, cores {os.cpu_count()}, load {os.getloadavg()[0]:.1f}, rates {rates}")
     try:
-        up_log = home / "up.out"
-        children.start("up", cli("up", "--no-traffic"), env, up_log)
-        wait_for(
-            "lambda-arch up",
-            lambda: "lambda-arch is up" in up_log.read_text(),
-            children,
-            args.ready_timeout,
-        )
+        start_stack(children, env, home, args.ready_timeout)
         children.start("serve", cli("serve", "--port", str(ports["api"])), env, home / "serve.out")
         print(f"stack up after {time.time() - started:.0f} s", flush=True)
         print(HEADER)

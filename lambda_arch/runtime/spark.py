@@ -261,10 +261,14 @@ def log4j_file(settings: Settings) -> Path:
 
 def write_log4j(settings: Settings) -> Path:
     """Write the JVM's log configuration (LOG4J2_PROPERTIES) where local_session_conf points."""
-    path = log4j_file(settings)
+    return _write_if_changed(log4j_file(settings), LOG4J2_PROPERTIES)
+
+
+def _write_if_changed(path: Path, text: str) -> Path:
+    """A configuration file the JVM reads, (re)written when missing or different."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != LOG4J2_PROPERTIES:
-        path.write_text(LOG4J2_PROPERTIES)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
     return path
 
 
@@ -289,11 +293,7 @@ def scheduler_pools_file(settings: Settings) -> Path:
 
 def write_scheduler_pools(settings: Settings) -> Path:
     """Write the scheduler's pools (SCHEDULER_POOLS) where local_session_conf points."""
-    path = scheduler_pools_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != SCHEDULER_POOLS:
-        path.write_text(SCHEDULER_POOLS)
-    return path
+    return _write_if_changed(scheduler_pools_file(settings), SCHEDULER_POOLS)
 
 
 def local_session_conf(settings: Settings, *, ui: bool = False) -> dict[str, str]:

@@ -99,6 +99,19 @@ def frame(spark, batch: list[Row]):
     return spark.createDataFrame(rows, SCHEMA)
 
 
+def admit_as_the_model(
+    spark, state: DedupState, model: Model, batch: list[Row], batch_id: int
+) -> BatchStats:
+    """Admit one batch and check it against the model: the same ids counted, the same stats."""
+    watermark = model.watermark()
+    want_ids, want_stats = model.apply(batch, batch_id)
+    counted, stats = state.admit(frame(spark, batch), batch_id, watermark)
+    got_ids = {row.event_id for row in counted.select("event_id").collect()}
+    counted.unpersist()
+    assert (got_ids, stats) == (want_ids, want_stats), batch_id
+    return stats
+
+
 def folders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and "=" in p.name)
 
@@ -111,13 +124,7 @@ def test_admit_equals_the_model_over_many_batches_and_stays_bounded(
     model = Model()
     seen_stats = []
     for batch_id, batch in enumerate(traffic(16, seed=7)):
-        watermark = model.watermark()
-        want_ids, want_stats = model.apply(batch, batch_id)
-        counted, stats = state.admit(frame(spark, batch), batch_id, watermark)
-        got_ids = {row.event_id for row in counted.select("event_id").collect()}
-        counted.unpersist()
-        assert (got_ids, stats) == (want_ids, want_stats), batch_id
-        seen_stats.append(stats)
+        seen_stats.append(admit_as_the_model(spark, state, model, batch, batch_id))
         # Compaction: one snapshot and at most COMPACT_AFTER deltas after it.
         assert len(folders(tmp_path / "dedup")) <= 3 + 2, folders(tmp_path / "dedup")
     assert any(s.late for s in seen_stats) and any(s.duplicates for s in seen_stats)
@@ -153,13 +160,7 @@ def test_only_the_counted_types_are_deduplicated_and_remembered(
     model = Model(event_types=("play_start",))
     all_stats = []
     for batch_id, batch in enumerate(traffic(12, seed=5, heartbeats=0.6)):
-        watermark = model.watermark()
-        want_ids, want_stats = model.apply(batch, batch_id)
-        counted, stats = state.admit(frame(spark, batch), batch_id, watermark)
-        got_ids = {row.event_id for row in counted.select("event_id").collect()}
-        counted.unpersist()
-        assert (got_ids, stats) == (want_ids, want_stats), batch_id
-        all_stats.append(stats)
+        all_stats.append(admit_as_the_model(spark, state, model, batch, batch_id))
     assert sum(s.uncounted for s in all_stats) > 0 and sum(s.duplicates for s in all_stats) > 0
     kept = spark.read.parquet(str(tmp_path / "dedup" / "*=*")).select("event_id").collect()
     plays = {r.event_id for batch in traffic(12, seed=5, heartbeats=0.6) for r in batch}

@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lambda_arch.common.times import format_time
 from lambda_arch.runtime.broker import free_port
-from lambda_arch.runtime.processes import isolated_env, spawn, stop_process
+from lambda_arch.runtime.processes import isolated_env, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER_TITLE_BASE = 9_000_000  # generated titles are 1..TrafficConfig.titles (2,000)
@@ -116,8 +116,22 @@ class Children:
                 raise SystemExit(f"{name} exited with code {process.returncode}")
 
     def stop_one(self, name: str, timeout_s: float = 30.0) -> None:
-        """Stop one child and its tree by PID (SIGTERM, SIGKILL after timeout_s); forget it."""
-        stop_process(self.processes.pop(name), timeout_s=timeout_s)
+        """SIGTERM one child by PID and wait for it (SIGKILL after timeout_s); forget it.
+
+        The child alone: `up` stops its own children in order, and lands what its memory
+        broker holds in a process it starts while stopping. Signalling its whole tree at once
+        (runtime.processes.stop_process) took its Spark Connect server from under that process,
+        which then hung, orphaned, after `up` was killed."""
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            print(f"{name} (pid {process.pid}) did not stop in {timeout_s:.0f} s: killing it")
+            process.kill()
+            process.wait()
 
     def stop_all(self, timeout_s: float = 60.0) -> None:
         """Stop each child in reverse start order; then kill leftovers of the tree."""

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -32,6 +33,7 @@ import pyarrow.fs as pafs
 from lambda_arch.batch import layer as batch
 from lambda_arch.batch.lake import Lake
 from lambda_arch.common.config import Settings
+from lambda_arch.common.locks import file_lock, lock_path
 from lambda_arch.common.storage import pyarrow_filesystem
 from lambda_arch.common.times import parse_optional_time
 from lambda_arch.ingest.source_offsets import latest_commit as source_latest_commit
@@ -234,6 +236,16 @@ def contiguous_watermark(first_day: date | None, computed: Iterable[date]) -> da
     return batch.day_end(last) if last else None
 
 
+# How long a refresh waits for another refresh of the same store; a holder that dies releases
+# the lock at once (flock), so only a hung refresh makes a waiter give up, naming it.
+REFRESH_LOCK_TIMEOUT_S = 1800.0
+
+
+def refresh_lock_path(settings: Settings, store: ServingStore) -> Path:
+    """The lock that refreshes of one serving store take in turn."""
+    return lock_path(speed.lock_dir_of(settings), f"{store.path}#refresh")
+
+
 def refresh_view(
     settings: Settings, store: ServingStore, view: str, lake: Lake | None = None
 ) -> RefreshReport:
@@ -262,8 +274,13 @@ def refresh_view(
     speed_newest = parse_optional_time(speed_state.get("max_event_time"))
 
     # The whole refresh holds the store's write lock: two refreshes at once (a sensor's run and
-    # `lambda-arch run`) would otherwise both add the same speed micro-batches.
-    with store.writing() as connection:
+    # `lambda-arch run`) would otherwise both add the same speed micro-batches. They queue at a
+    # file lock first: SQLite's own wait (30 s) is shorter than a refresh that reads many days,
+    # and a refresh that gave up would fail its run with "database is locked".
+    with (
+        file_lock(refresh_lock_path(settings, store), timeout_s=REFRESH_LOCK_TIMEOUT_S, owner=view),
+        store.writing() as connection,
+    ):
         held = store.batch_days(view)
         changed = changed_days(computed, held)
         dropped = sorted(set(held) - {d.isoformat() for d in computed})

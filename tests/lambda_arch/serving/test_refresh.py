@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lambda_arch.batch import layer as batch
 from lambda_arch.common.config import Settings
+from lambda_arch.common.locks import file_lock
 from lambda_arch.ingest.schema import PlayEvent
 from lambda_arch.runtime.broker import EmbeddedBroker
 from lambda_arch.serving import answers
@@ -21,6 +22,7 @@ from lambda_arch.serving.refresh import (
     committed_batches,
     contiguous_watermark,
     pending_views,
+    refresh_lock_path,
     refresh_view,
 )
 from lambda_arch.serving.store import ServingStore, iso
@@ -174,6 +176,25 @@ def test_concurrent_refreshes_add_each_micro_batch_once(served: Pipeline, tmp_pa
         )
     rows = {view: summary["rows"] for view, summary in served.store.summary().items()}
     assert rows == {view: summary["rows"] for view, summary in store.summary().items()}
+
+
+def test_a_refresh_waits_its_turn_at_the_refresh_lock(served: Pipeline, tmp_path: Path) -> None:
+    """Seen in CI: four refreshes at once on a loaded machine, the last failed with "database is
+    locked" after SQLite's 30 s wait. Refreshes queue at a file lock of their own instead."""
+    store = ServingStore(tmp_path / "third.sqlite3")
+    view = next(iter(store.specs))
+    reports: list[object] = []
+    with file_lock(refresh_lock_path(served.settings, store), timeout_s=5, owner="test"):
+        waiting = threading.Thread(
+            target=lambda: reports.append(refresh_view(served.settings, store, view, served.lake))
+        )
+        waiting.start()
+        waiting.join(timeout=2.0)
+        assert waiting.is_alive() and not reports  # it waits; it neither fails nor writes
+        assert store.view_state(view).speed_last_batch < 0
+    waiting.join(timeout=120)
+    assert len(reports) == 1
+    assert store.view_state(view).speed_last_batch >= 0
 
 
 def test_the_batch_watermark_is_the_end_of_the_contiguous_days() -> None:

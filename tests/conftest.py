@@ -29,19 +29,27 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
 }
 
 
-# The files that take minutes (whole stacks, long backfills, clusters), longest first: run first,
-# so that `make test`'s two processes (pytest-xdist, --dist loadfile) do not end on one of them
-# while the other idles. The rest keep their order.
+# The files that take a minute or more (whole stacks, long backfills, clusters), longest first
+# (figures of a full run on 2 cores): run first, so that `make test`'s two processes
+# (pytest-xdist, --dist loadfile with --no-loadscope-reorder, which keeps this order; xdist
+# otherwise sorts files by their number of tests) do not end on one of them while the other
+# idles. The rest keep their order.
 LONG_FILES: tuple[str, ...] = (
-    "assets/test_long_backfill.py",
-    "scaleout/test_cluster_stack.py",
-    "lambda_arch/cli/test_run_beside_sensors.py",
-    "lambda_arch/runtime/test_stack.py",
-    "lambda_arch/common/test_storage.py",
-    "sensors/test_sensor_failure_alerts.py",
-    "lambda_arch/speed/test_layer_faults.py",
-    "ui/test_dagster_ui.py",
-    "lambda_arch/runtime/test_spark_connect.py",
+    "assets/test_long_backfill.py",  # 283 s
+    "scaleout/test_cluster_stack.py",  # 264 s
+    "ui/test_dagster_ui.py",  # 195 s
+    "lambda_arch/speed/test_layer_faults.py",  # 189 s
+    "lambda_arch/runtime/test_stack.py",  # 145 s
+    "lambda_arch/cli/test_run_beside_sensors.py",  # 137 s
+    "lambda_arch/speed/test_layer.py",  # 130 s
+    "sensors/test_sensor_failure_alerts.py",  # 120 s
+    "assets/test_batch_cli.py",  # 106 s
+    "lambda_arch/serving/test_refresh.py",  # 89 s
+    "lambda_arch/runtime/test_spark_connect.py",  # 72 s
+    "assets/test_checks.py",  # 67 s
+    "lambda_arch/common/test_storage.py",  # 66 s
+    "scaleout/test_dagster_on_postgres.py",  # 63 s
+    "lambda_arch/batch/test_layer.py",  # 62 s
 )
 
 

@@ -132,11 +132,13 @@ def test_a_failing_lag_sensor_alerts_once_per_failure_and_status_says_why(
     assert len(alerted) == 1 and alerted[0]["message"].startswith(f"sensor {LAG_SENSOR} failing")
     assert "JSON" in alerted[0]["message"] or "Expecting" in alerted[0]["message"], alerted
     with DagsterInstance.from_config(str(stack.home / "dagster")) as instance:
-        # Several more failed ticks, and the alert sensor ticking over them: still one alert.
+        # More failed ticks, and the alert sensor ticking over them: still one alert. (One
+        # alert tick after the alert sees the same failure again; the rule's own test covers
+        # many ticks, also once the failure's start has left the ticks read.)
         since = time.time()
         stack.poll(
-            "more failed ticks and alert ticks",
-            lambda: failed_lag_ticks(instance, since) >= 3 and alert_ticks(instance, since) >= 2,
+            "more failed ticks and an alert tick",
+            lambda: failed_lag_ticks(instance, since) >= 2 and alert_ticks(instance, since) >= 1,
             FAILURE_TIMEOUT_S,
         )
         assert len(sensor_alerts(stack)) == 1
@@ -163,7 +165,7 @@ def test_a_failing_lag_sensor_alerts_once_per_failure_and_status_says_why(
         since = time.time()
         stack.poll(
             "more failed ticks after the second failure",
-            lambda: failed_lag_ticks(instance, since) >= 3 and alert_ticks(instance, since) >= 2,
+            lambda: failed_lag_ticks(instance, since) >= 2 and alert_ticks(instance, since) >= 1,
             FAILURE_TIMEOUT_S,
         )
         assert len(sensor_alerts(stack)) == 2

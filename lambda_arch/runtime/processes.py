@@ -8,12 +8,14 @@ is spawned onto it, and `lambda-arch up` rotates its children's logs while they 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,29 @@ def _restore_default_signals() -> None:
     # signals survive exec: children would then ignore our stop request (FACTS, Dagster).
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(parent_pid: int) -> Callable[[], None]:
+    """preexec_fn: default signals, and SIGTERM when the parent dies (Linux; a no-op elsewhere).
+
+    For a bounded task of a parent that bounds it by waiting: killed with SIGKILL, the parent can
+    no longer stop it, and a child whose server went with the parent would wait forever."""
+
+    # Looked up here, in the parent: the child between fork and exec only calls it.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+    def preexec() -> None:
+        _restore_default_signals()
+        if prctl is None:
+            return
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the parent died before the prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 @dataclass(frozen=True)
@@ -78,10 +103,12 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     log_limits: LogLimits | None = None,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start command in its own process group, output appended to log_path (or discarded).
 
-    A log_path over its limits (default: LogLimits.from_env) is rotated first."""
+    A log_path over its limits (default: LogLimits.from_env) is rotated first. die_with_parent:
+    the child gets SIGTERM when this process dies, even by SIGKILL (Linux)."""
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         rotate_log(log_path, log_limits or LogLimits.from_env())
@@ -97,7 +124,7 @@ def spawn(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_restore_default_signals,
+            preexec_fn=_die_with(os.getpid()) if die_with_parent else _restore_default_signals,
         )
     finally:
         if log_path is not None:

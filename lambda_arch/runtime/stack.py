@@ -323,6 +323,7 @@ def land_before_stop(settings: Settings, timeout_s: float = FINAL_LANDING_TIMEOU
         [sys.executable, "-m", "lambda_arch.runtime.final_landing"],
         log_path=log_path,
         env=child_env(settings),
+        die_with_parent=True,  # bounded by up's wait: an up killed by SIGKILL cannot stop it
     )
     try:
         process.wait(timeout=timeout_s)

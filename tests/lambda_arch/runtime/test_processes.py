@@ -3,6 +3,7 @@ stopping a whole family (also one that ignores SIGTERM), and the environments th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -125,6 +126,36 @@ def test_stop_process_stops_the_whole_family(tmp_path: Path) -> None:
     for pid in (child.pid, same, away):
         wait_for(lambda pid=pid: not pid_alive(pid), timeout_s=5)
     stop_process(child)  # an exited child: nothing to do, no error
+
+
+def test_a_child_spawned_to_die_with_its_parent_stops_when_the_parent_is_killed(
+    tmp_path: Path,
+) -> None:
+    """`up`'s final landing: killed with SIGKILL, up can no longer bound it. The plain child
+    beside it (the default) outlives the parent, so the test cannot pass without the option."""
+    pids = tmp_path / "pids"
+    code = (
+        "import sys, time\n"
+        "from lambda_arch.runtime.processes import spawn\n"
+        "sleeper = [sys.executable, '-c', 'import time; time.sleep(60)']\n"
+        "bound = spawn(sleeper, die_with_parent=True)\n"
+        "free = spawn(sleeper)\n"
+        f"open({str(pids)!r}, 'w').write(f'{{bound.pid}} {{free.pid}}')\n"
+        "time.sleep(60)\n"
+    )
+    parent = spawn(python(code))
+    try:
+        wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2)
+        bound, free = (int(pid) for pid in pids.read_text().split())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        wait_for(lambda: not pid_alive(bound), timeout_s=5)
+        time.sleep(0.5)
+        assert pid_alive(free)
+    finally:
+        for pid in [int(p) for p in pids.read_text().split()] if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_stop_pid_kills_what_ignores_sigterm_after_the_timeout(tmp_path: Path) -> None:

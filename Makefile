@@ -71,9 +71,9 @@ lint: install
 
 # Two test processes (pytest-xdist; a file's tests stay in one process, so module fixtures are
 # shared as before): most of the wall time is waiting on stacks, sensor ticks and brokers.
-# --no-loadscope-reorder keeps the order of tests/conftest.py (the longest files first).
+# tests/conftest.py schedules the files in lanes (tests/xdist_lanes.py).
 test: install check-java chromium postgres lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The edit loop: every test that needs neither a JVM nor a broker (marks set in tests/conftest.py),
 # about a minute. `make test` stays the whole suite.

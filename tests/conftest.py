@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,21 +30,23 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
 }
 
 
-# The files that take a minute or more (whole stacks, long backfills, clusters), longest first
-# (figures of a full run on 2 cores): run first, so that `make test`'s two processes
-# (pytest-xdist, --dist loadfile with --no-loadscope-reorder, which keeps this order; xdist
-# otherwise sorts files by their number of tests) do not end on one of them while the other
-# idles. The rest keep their order.
-LONG_FILES: tuple[str, ...] = (
-    "assets/test_long_backfill.py",  # 283 s
-    "scaleout/test_cluster_stack.py",  # 264 s
-    "ui/test_dagster_ui.py",  # 195 s
-    "lambda_arch/speed/test_layer_faults.py",  # 189 s
-    "lambda_arch/runtime/test_stack.py",  # 145 s
-    "lambda_arch/cli/test_run_beside_sensors.py",  # 137 s
-    "lambda_arch/speed/test_layer.py",  # 130 s
-    "sensors/test_sensor_failure_alerts.py",  # 120 s
-    "assets/test_batch_cli.py",  # 106 s
+# `make test`'s two processes (tests/xdist_lanes.py): the files that load the CPU for minutes
+# (whole stacks, Spark children, long backfills, clusters), with their seconds in a full run on
+# 2 cores, go to the first process, longest first ...
+HEAVY_FILES: dict[str, float] = {
+    "assets/test_long_backfill.py": 283,
+    "scaleout/test_cluster_stack.py": 264,
+    "ui/test_dagster_ui.py": 195,
+    "lambda_arch/speed/test_layer_faults.py": 189,
+    "lambda_arch/runtime/test_stack.py": 145,
+    "lambda_arch/cli/test_run_beside_sensors.py": 137,
+    "lambda_arch/speed/test_layer.py": 130,
+    "assets/test_batch_cli.py": 106,
+}
+# ... and the other process starts with the longest of the rest (sensor ticks and shared
+# sessions: mostly waiting), so that it ends on short files.
+LIGHT_FIRST: tuple[str, ...] = (
+    "sensors/test_sensor_failure_alerts.py",  # 120 s, an idle stack waiting for sensor ticks
     "lambda_arch/serving/test_refresh.py",  # 89 s
     "lambda_arch/runtime/test_spark_connect.py",  # 72 s
     "assets/test_checks.py",  # 67 s
@@ -53,19 +56,23 @@ LONG_FILES: tuple[str, ...] = (
 )
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """loadfile in lanes (tests/xdist_lanes.py); other --dist modes are xdist's own."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from tests.xdist_lanes import LanedFileScheduling
+
+    return LanedFileScheduling(
+        config,
+        log,
+        heavy={f"tests/{name}": seconds for name, seconds in HEAVY_FILES.items()},
+        light_first=[f"tests/{name}" for name in LIGHT_FIRST],
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that needs a JVM (`jvm`) or a broker (`broker`); see FIXTURE_MARKS. Put
-    the LONG_FILES first."""
+    """Mark every test that needs a JVM (`jvm`) or a broker (`broker`); see FIXTURE_MARKS."""
     tests_dir = Path(__file__).parent
-
-    def rank(item: pytest.Item) -> int:
-        try:
-            relative = item.path.relative_to(tests_dir).as_posix()
-        except ValueError:
-            return len(LONG_FILES)
-        return LONG_FILES.index(relative) if relative in LONG_FILES else len(LONG_FILES)
-
-    items.sort(key=rank)  # stable: each file's tests keep their order
     for item in items:
         marks = {
             FIXTURE_MARKS[name]

@@ -16,6 +16,7 @@ checkpoint): the micro-batch's fixed cost shows as the ratio of their per-event 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import statistics
@@ -62,6 +63,13 @@ def _stats(values: list[float], unit: str = "ms") -> str:
     return f"median {statistics.median(ordered):8,.0f} {unit}  p95 {p95:8,.0f} {unit}"
 
 
+def compilations(spark: Any) -> int:
+    """Classes Spark's code generator has compiled in this JVM so far (Janino, then the JIT):
+    a micro-batch that reuses the generated code of the one before compiles none."""
+    metrics = spark.sparkContext._jvm.org.apache.spark.metrics.source.CodegenMetrics
+    return int(metrics.METRIC_COMPILATION_TIME().getCount())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=2000.0, help="events/s produced")
@@ -96,7 +104,13 @@ def main() -> None:
             def onQueryProgress(self, event: Any) -> None:
                 progress = event.progress
                 if progress.numInputRows > 0:
-                    progresses.append({"rows": progress.numInputRows, **dict(progress.durationMs)})
+                    progresses.append(
+                        {
+                            "rows": progress.numInputRows,
+                            "compiled": compilations(spark),
+                            **dict(progress.durationMs),
+                        }
+                    )
 
             def onQueryIdle(self, event: Any) -> None:
                 pass
@@ -149,6 +163,10 @@ def main() -> None:
     )
     for phase in PHASES:
         print(f"  {phase:<17}{_stats([float(p.get(phase, 0)) for p in batches])}")
+    # Warm: the second half of the micro-batches (the first ones compile every stage anew).
+    warm = batches[len(batches) // 2 :]
+    compiled = [float(b["compiled"] - a["compiled"]) for a, b in itertools.pairwise(warm)]
+    print(f"  {'classes compiled':<17}{_stats(compiled, 'per micro-batch')} (warm half)")
     per_event_stream = [p["triggerExecution"] / p["rows"] for p in batches if p["rows"]]
     per_event_base = baseline_s * 1000 / max(baseline.events_read, 1)
     median_stream = statistics.median(per_event_stream) if per_event_stream else 0.0

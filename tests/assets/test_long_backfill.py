@@ -44,7 +44,7 @@ def minute_of(moment: datetime) -> datetime:
 
 
 def traffic(first: date, days: int, now: datetime) -> list[dict[str, Any]]:
-    """Four plays a day: two in one session at 10:00 and 10:20, one at 23:50 whose session
+    """Four plays a day: two in one session at 23:00 and 23:20, one at 23:50 whose session
     ends at 00:10 the next day; then two plays five minutes ago (the day running)."""
     events = []
     for n in range(days):
@@ -53,8 +53,9 @@ def traffic(first: date, days: int, now: datetime) -> list[dict[str, Any]]:
         source = DISCOVERY_SOURCES[n % len(DISCOVERY_SOURCES)]
         member, title = n % 11, n % 7
         for suffix, at, who, what, country in (
-            ("a", timedelta(hours=10), member, title, "US"),
-            ("b", timedelta(hours=10, minutes=20), member, title, "US"),
+            # Two hours a day (23 and 0): the landing registers 800 hour partitions, not 1,200.
+            ("a", timedelta(hours=23), member, title, "US"),
+            ("b", timedelta(hours=23, minutes=20), member, title, "US"),
             ("c", timedelta(hours=23, minutes=50), NIGHT_OWL, 3, "FR"),
             ("d", timedelta(hours=24, minutes=10), NIGHT_OWL, 3, "FR"),
         ):
@@ -154,7 +155,7 @@ def test_a_400_day_backfill_is_one_run_over_connect_with_every_check_passing(
     windows += [
         (minute_of(now), MAX_WINDOW_MIN),
         (watermark + timedelta(minutes=30), 120),
-        (day_one + timedelta(hours=10, minutes=10), 60),
+        (day_one + timedelta(hours=23, minutes=10), 60),
     ]
     env = {
         name: value

@@ -496,7 +496,7 @@ def test_sessions_speed_equals_an_independent_stitcher_on_generated_traffic(
 
 # 4. SIGKILL in the middle of a micro-batch -------------------------------------------------------
 
-KILL_MAX_EVENTS = 60
+KILL_MAX_EVENTS = 100  # about six micro-batches of the 525 records
 CHILD_CODE = (
     "import sys; from tests.lambda_arch.speed.test_layer_faults import child_main; "
     "child_main(sys.argv[1:])"

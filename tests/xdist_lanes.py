@@ -36,7 +36,8 @@ class LanedFileScheduling(LoadFileScheduling):
         scopes = list(self.workqueue)
         heavy = sorted((s for s in scopes if s in self.heavy), key=lambda s: -self.heavy[s])
         light = [s for s in scopes if s not in self.heavy]
-        light.sort(key=lambda s: self.light_first.index(s) if s in self.light_first else 999)
+        first = {scope: n for n, scope in enumerate(self.light_first)}
+        light.sort(key=lambda s: first.get(s, len(first)))  # stable: the rest keep xdist's order
         heavy_lane = len(self.nodes) > 1 and node is self.nodes[0]
         ordered = heavy + light if heavy_lane or not light else light
         return ordered[0]
